@@ -1,0 +1,15 @@
+"""Backbones: one module per model over the shared graph toolkit, found by config name."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import Interactions
+from . import lightgcn, mf  # noqa: F401  (registers the models)
+from .base import BACKBONES, Backbone, BackboneConfig, Losses, Scorer
+
+__all__ = ["BACKBONES", "Backbone", "BackboneConfig", "Losses", "Scorer", "build_backbone"]
+
+
+def build_backbone(cfg: BackboneConfig, data: Interactions, device: torch.device) -> Backbone:
+    return BACKBONES.get(cfg.name).cls(cfg, data).to(device)

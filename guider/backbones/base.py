@@ -1,0 +1,76 @@
+"""The backbone interface every recommender implements, and the backbone registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+from omegaconf import MISSING
+from torch import nn
+
+from ..data import Batch, Interactions
+from ..registry import Registry
+
+
+@dataclass
+class BackboneConfig:
+    name: str = MISSING
+    embedding_dim: int = 64
+    reg_weight: float = 1e-4
+
+
+@dataclass
+class Losses:
+    """``main``: the pairwise term, one value per sample, unreduced (a denoiser weights it);
+    ``aux``: auxiliary scalar terms by name, already multiplied by their coefficients."""
+
+    main: torch.Tensor
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Backbone(nn.Module):
+    """A recommender: built from (config, data); trained through ``losses``; ranked through
+    ``scorer``. Subclasses set ``uses_features`` when they read item features."""
+
+    uses_features: ClassVar[bool] = False
+
+    def __init__(self, cfg: BackboneConfig, data: Interactions):
+        super().__init__()
+        self.cfg = cfg
+        self.n_users = data.n_users
+        self.n_items = data.n_items
+
+    def pre_epoch(self, epoch: int) -> None:
+        """Hook before each epoch (e.g. FREEDOM's edge pruning)."""
+
+    def losses(self, batch: Batch) -> Losses:
+        raise NotImplementedError
+
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """User and item representations whose inner product is the score."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def scorer(self) -> Scorer:
+        """Full-catalogue scores for a block of users; representations are computed once, so
+        the returned function is cheap to call block after block."""
+        users, items = self.final_embeddings()
+        items_t = items.t().contiguous()
+        return lambda u: users[u] @ items_t
+
+    @torch.no_grad()
+    def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores of each user for a shared candidate set: [len(users), len(items)]."""
+        u, i = self.final_embeddings()
+        return u[users] @ i[items].t()
+
+    @torch.no_grad()
+    def item_embeddings(self) -> torch.Tensor:
+        return self.final_embeddings()[1]
+
+
+BACKBONES: Registry[Backbone] = Registry("backbone")

@@ -1,0 +1,46 @@
+"""LightGCN (He et al., SIGIR 2020): linear propagation on the normalised user-item graph,
+layer outputs averaged, BPR with L2 on the ego (layer-0) embeddings of the batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data import Batch, Interactions
+from .base import BACKBONES, Backbone, BackboneConfig, Losses
+from .graphs import bipartite_adjacency, lightgcn_propagate
+from .losses import bpr_terms, l2_reg
+
+
+@dataclass
+class LightGCNConfig(BackboneConfig):
+    name: str = "lightgcn"
+    n_layers: int = 3
+
+
+@BACKBONES.register("lightgcn", LightGCNConfig)
+class LightGCN(Backbone):
+    def __init__(self, cfg: LightGCNConfig, data: Interactions):
+        super().__init__(cfg, data)
+        self.embedding = nn.Embedding(data.n_users + data.n_items, cfg.embedding_dim)
+        nn.init.xavier_uniform_(self.embedding.weight)
+        self.register_buffer("adj", bipartite_adjacency(data.train.users, data.train.items,
+                                                        data.n_users, data.n_items),
+                             persistent=False)
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        out = lightgcn_propagate(self.adj, self.embedding.weight, self.cfg.n_layers)
+        return out[: self.n_users], out[self.n_users:]
+
+    def losses(self, batch: Batch) -> Losses:
+        users, items = self.propagate()
+        u, i, j = users[batch.users], items[batch.pos], items[batch.neg]
+        main = bpr_terms((u * i).sum(-1), (u * j).sum(-1))
+        ego = self.embedding.weight
+        reg = l2_reg(ego[batch.users], ego[self.n_users + batch.pos], ego[self.n_users + batch.neg])
+        return Losses(main, {"reg": self.cfg.reg_weight * reg})
+
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.propagate()

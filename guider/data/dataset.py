@@ -1,0 +1,78 @@
+"""In-memory representation of one dataset after loading (and noise injection)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    """Interactions of one split as parallel id arrays (int64)."""
+
+    users: np.ndarray
+    items: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.users = np.ascontiguousarray(self.users, dtype=np.int64)
+        self.items = np.ascontiguousarray(self.items, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def keys(self, n_items: int) -> np.ndarray:
+        """One int64 key per (user, item) pair: user * n_items + item."""
+        return self.users * n_items + self.items
+
+
+@dataclass
+class Interactions:
+    """A dataset ready for training.
+
+    ``train_noise[k]`` is True when training interaction k is known noise: drawn at random by the
+    synthetic generator, injected by ``guider.data.noise``, or touching an item whose features were
+    swapped by modal noise. ``has_noise_labels`` says whether these labels are meaningful (a real
+    dataset without injected noise has no known noise).
+    """
+
+    name: str
+    n_users: int
+    n_items: int
+    train: Split
+    valid: Split
+    test: Split
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    train_noise: np.ndarray | None = None
+    has_noise_labels: bool = False
+    # item-level labels of modal noise: modality -> bool[n_items]
+    feature_noise: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.train_noise is None:
+            self.train_noise = np.zeros(len(self.train), dtype=bool)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.features)
+
+    def train_degrees(self) -> tuple[np.ndarray, np.ndarray]:
+        users = np.bincount(self.train.users, minlength=self.n_users)
+        items = np.bincount(self.train.items, minlength=self.n_items)
+        return users, items
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "n_train": len(self.train),
+            "n_valid": len(self.valid),
+            "n_test": len(self.test),
+            "modalities": {m: list(f.shape) for m, f in self.features.items()},
+            "n_train_noise": int(self.train_noise.sum()) if self.has_noise_labels else None,
+        }

@@ -1,0 +1,169 @@
+"""Loader for MMRec-format dataset folders.
+
+``<data_dir>/<folder>/<name>.inter``: tab-separated with a header; required columns ``userID``,
+``itemID``, ``x_label`` (0 train, 1 valid, 2 test); ``rating`` / ``timestamp`` and any other
+columns are accepted and ignored. Feature files ``<modality>_feat.npy`` hold one row per item
+(row k = item k), float16 or float32.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .dataset import Interactions, Split
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
+
+
+def read_inter(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(
+            f"interaction file not found: {path}. Point data_dir at the folder that holds "
+            f"'{path.parent.name}/' (e.g. data_dir=../shared/data), or see the README section "
+            f"'Data set-up' for how to obtain it."
+        )
+    try:
+        df = pd.read_csv(path, sep="\t")
+    except Exception as exc:  # pandas raises many types for malformed text
+        raise DataError(f"{path}: could not be parsed as a tab-separated table ({exc})") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}. "
+            f"An MMRec .inter file is tab-separated with a header naming at least "
+            f"{', '.join(REQUIRED_COLUMNS)}."
+        )
+    for col in REQUIRED_COLUMNS:
+        if not pd.api.types.is_integer_dtype(df[col]):
+            bad = df[col][pd.to_numeric(df[col], errors="coerce").isna()
+                          | (pd.to_numeric(df[col], errors="coerce") % 1 != 0)]
+            example = bad.iloc[0] if len(bad) else df[col].iloc[0]
+            raise DataError(
+                f"{path}: column {col} must hold integers, found e.g. {example!r}. "
+                f"Map raw ids to 0..n-1 integers first (scripts/prepare.py does this)."
+            )
+    if len(df) == 0:
+        raise DataError(f"{path}: no interactions")
+    return df
+
+
+def _check_ids(path: Path, values: np.ndarray, column: str) -> int:
+    if values.min() < 0:
+        raise DataError(f"{path}: column {column} has negative ids (e.g. {values.min()})")
+    n = int(values.max()) + 1
+    present = np.zeros(n, dtype=bool)
+    present[values] = True
+    if not present.all():
+        gaps = np.flatnonzero(~present)
+        raise DataError(
+            f"{path}: {column} ids are not contiguous: {len(gaps)} of 0..{n - 1} never occur "
+            f"(first missing: {gaps[0]}). Re-index them to 0..n-1 (MMRec's format requires it)."
+        )
+    return n
+
+
+def split_frame(path: Path, df: pd.DataFrame) -> tuple[int, int, Split, Split, Split]:
+    users = df["userID"].to_numpy(np.int64)
+    items = df["itemID"].to_numpy(np.int64)
+    labels = df["x_label"].to_numpy(np.int64)
+    n_users = _check_ids(path, users, "userID")
+    n_items = _check_ids(path, items, "itemID")
+    bad = ~np.isin(labels, (0, 1, 2))
+    if bad.any():
+        raise DataError(
+            f"{path}: x_label must be 0 (train), 1 (valid) or 2 (test); found {labels[bad][0]} "
+            f"in {int(bad.sum())} row(s)"
+        )
+    keys = users * n_items + items
+    uniq, counts = np.unique(keys, return_counts=True)
+    if (counts > 1).any():
+        k = uniq[counts > 1][0]
+        raise DataError(
+            f"{path}: {int((counts > 1).sum())} duplicate (userID, itemID) pair(s), e.g. "
+            f"user {k // n_items} item {k % n_items}. Keep one row per pair (drop duplicates)."
+        )
+    splits = [Split(users[labels == s], items[labels == s]) for s in (0, 1, 2)]
+    if len(splits[0]) == 0:
+        raise DataError(f"{path}: no training rows (x_label 0)")
+    return n_users, n_items, *splits
+
+
+def load_features(path: Path, n_items: int) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from exc
+    if arr.ndim != 2:
+        raise DataError(f"{path}: features must be a 2-D array (items x dims), got shape {arr.shape}")
+    if arr.shape[0] != n_items:
+        raise DataError(
+            f"{path}: {arr.shape[0]} feature rows but the .inter file has {n_items} items; "
+            f"row k must be item k. Regenerate the features for this item index."
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise DataError(f"{path}: features must be float16/float32/float64, got {arr.dtype}")
+    arr = arr.astype(np.float32)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.all(axis=1))
+        raise DataError(
+            f"{path}: {len(rows)} item row(s) contain NaN or inf (first: item {rows[0]}). "
+            f"Fix or zero those rows before training."
+        )
+    return arr
+
+
+def load_mmrec(
+    folder: Path,
+    name: str,
+    inter_file: str | None,
+    feature_files: dict[str, str],
+    required_modalities: list[str] | None = None,
+) -> Interactions:
+    """Load one MMRec-format folder. Feature files that exist are loaded; a missing one is an
+    error only when its modality is in ``required_modalities``."""
+    path = folder / (inter_file or f"{name}.inter")
+    df = read_inter(path)
+    n_users, n_items, train, valid, test = split_frame(path, df)
+    features: dict[str, np.ndarray] = {}
+    absent: list[str] = []
+    for modality, fname in feature_files.items():
+        fpath = folder / fname
+        if fpath.is_file():
+            features[modality] = load_features(fpath, n_items)
+        elif required_modalities is not None and modality in required_modalities:
+            raise DataError(
+                f"feature file for modality '{modality}' not found: {fpath}. It is declared in "
+                f"conf/dataset/{name}.yaml; obtain it (README 'Data set-up') or choose a model "
+                f"that does not use item features."
+            )
+        else:
+            absent.append(modality)
+    data = Interactions(name, n_users, n_items, train, valid, test, features)
+    if absent:
+        data.info["absent_modalities"] = absent
+        log.info("%s: feature files absent for %s (not needed by this model)", name, ", ".join(absent))
+    return data
+
+
+def report_cold(data: Interactions) -> dict:
+    """Count users/items with no training interaction; warn once. They are kept in the index;
+    evaluation skips such users, and held-out interactions on such items (no ID model can rank an
+    item it never saw trained; see docs/evaluation.md)."""
+    udeg, ideg = data.train_degrees()
+    cold = {"users": int((udeg == 0).sum()), "items": int((ideg == 0).sum())}
+    if cold["users"] or cold["items"]:
+        log.warning(
+            "%s: %d user(s) and %d item(s) have no training interaction; they are kept but excluded "
+            "from evaluation",
+            data.name, cold["users"], cold["items"],
+        )
+    data.info["cold_start"] = cold
+    return cold

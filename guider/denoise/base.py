@@ -1,0 +1,77 @@
+"""The denoiser interface the trainer knows, and the denoiser registry.
+
+A denoiser may (1) weight the backbone's unreduced main term per sample, (2) add loss terms,
+(3) train models of its own with their own optimisers in ``step``, (4) react to epochs, and
+(5) score training interactions as likely noise for detection metrics. ``none`` is the identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import MISSING
+
+from ..backbones import Backbone
+from ..data import Batch, Interactions
+from ..registry import Registry
+
+
+@dataclass
+class DenoiseConfig:
+    name: str = MISSING
+
+
+class Denoiser:
+    def __init__(self, cfg: DenoiseConfig, data: Interactions, backbone: Backbone,
+                 device: torch.device, seed: int):
+        self.cfg = cfg
+        self.data = data
+        self.device = device
+        self.seed = seed
+
+    def on_epoch(self, epoch: int) -> None:
+        """Called before each training epoch."""
+
+    def weights(self, batch: Batch, main: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample weights for the main term (``main`` is detached); None means all ones."""
+        return None
+
+    def extra_loss(self, batch: Batch, backbone: Backbone) -> dict[str, torch.Tensor]:
+        """Extra terms added to the backbone's loss, by name."""
+        return {}
+
+    def step(self, batch: Batch) -> None:
+        """Train the denoiser's own models on this batch (after the backbone's step)."""
+
+    def noise_scores(self) -> np.ndarray | None:
+        """One score per training interaction, higher = more likely noise; None if it has none."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def weighted_mean(terms: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """sum(w * l) / max(1, sum(w)); the plain mean when ``weights`` is None."""
+    if weights is None:
+        return terms.mean()
+    return (weights * terms).sum() / weights.sum().clamp(min=1.0)
+
+
+DENOISERS: Registry[Denoiser] = Registry("denoise")
+
+
+@dataclass
+class NoDenoiseConfig(DenoiseConfig):
+    name: str = "none"
+
+
+@DENOISERS.register("none", NoDenoiseConfig)
+class NoDenoiser(Denoiser):
+    """The identity: every interaction weighs 1, nothing is added."""

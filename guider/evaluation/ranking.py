@@ -1,0 +1,127 @@
+"""Full ranking over all items with the user's training items masked, as batched matrix products
+and top-k; metrics with the MMRec toolbox's definitions:
+
+- Recall@k    = hits in the top k / |relevant|
+- Precision@k = hits in the top k / k
+- NDCG@k      = sum_r hit_r / log2(r + 1) over ranks r <= k, divided by the ideal DCG over
+                min(|relevant|, k) hits (binary gains)
+- MAP@k       = sum_r Precision@r * hit_r over r <= k, divided by min(|relevant|, k)
+
+each averaged over the users with at least one relevant item in the split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class CSR:
+    """Rows of item ids per user, as index pointers into one flat array."""
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+
+    @classmethod
+    def from_pairs(cls, users: np.ndarray, items: np.ndarray, n_users: int) -> "CSR":
+        order = np.lexsort((items, users))
+        counts = np.bincount(users, minlength=n_users)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        return cls(torch.as_tensor(indptr, dtype=torch.long),
+                   torch.as_tensor(items[order], dtype=torch.long))
+
+    def rows(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row position in ``users``, item) for every stored entry of the given users."""
+        starts = self.indptr[users]
+        counts = self.indptr[users + 1] - starts
+        row = torch.repeat_interleave(torch.arange(len(users)), counts)
+        offsets = torch.arange(len(row)) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        return row, self.indices[starts[row] + offsets]
+
+    def counts(self, users: torch.Tensor) -> torch.Tensor:
+        return self.indptr[users + 1] - self.indptr[users]
+
+
+@dataclass
+class EvalSet:
+    users: torch.Tensor  # users evaluated (sorted)
+    relevant: CSR  # held-out items per user (all users indexed)
+    mask: CSR  # training items per user, excluded from the ranking
+    n_items: int
+    excluded: dict
+
+
+def build_eval_set(train_users: np.ndarray, train_items: np.ndarray, users: np.ndarray,
+                   items: np.ndarray, n_users: int, n_items: int) -> EvalSet:
+    """Users with no training interaction, and held-out pairs on items with no training
+    interaction, are excluded (counted in ``excluded``)."""
+    udeg = np.bincount(train_users, minlength=n_users)
+    ideg = np.bincount(train_items, minlength=n_items)
+    keep = (udeg[users] > 0) & (ideg[items] > 0)
+    excluded = {
+        "pairs_cold_user": int((udeg[users] == 0).sum()),
+        "pairs_cold_item": int(((udeg[users] > 0) & (ideg[items] == 0)).sum()),
+    }
+    users, items = users[keep], items[keep]
+    return EvalSet(
+        users=torch.as_tensor(np.unique(users), dtype=torch.long),
+        relevant=CSR.from_pairs(users, items, n_users),
+        mask=CSR.from_pairs(train_users, train_items, n_users),
+        n_items=n_items,
+        excluded=excluded,
+    )
+
+
+def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor,
+                      topk: list[int]) -> dict[str, torch.Tensor]:
+    """Per-metric sums over users. ``hits``: [B, max k] 0/1 in rank order; ``n_relevant``: [B]."""
+    hits = hits.double()
+    maxk = hits.shape[1]
+    ranks = torch.arange(1, maxk + 1, dtype=torch.float64)
+    discount = 1.0 / torch.log2(ranks + 1.0)
+    cum_hits = hits.cumsum(1)
+    dcg = (hits * discount).cumsum(1)
+    ideal = discount.cumsum(0)
+    ap = (cum_hits / ranks * hits).cumsum(1)
+    n_rel = n_relevant.double()
+    out = {}
+    for k in topk:
+        c = min(k, maxk) - 1
+        capped = torch.clamp(n_relevant, max=k).long()
+        out[f"Recall@{k}"] = (cum_hits[:, c] / n_rel).sum()
+        out[f"Precision@{k}"] = (cum_hits[:, c] / k).sum()
+        out[f"NDCG@{k}"] = (dcg[:, c] / ideal[capped - 1]).sum()
+        out[f"MAP@{k}"] = (ap[:, c] / capped.double()).sum()
+    return out
+
+
+@torch.no_grad()
+def evaluate(scorer: Scorer, eval_set: EvalSet, topk: list[int], batch_users: int = 4096,
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """Average Recall/NDCG/Precision/MAP@k over ``eval_set.users``."""
+    topk = sorted(set(int(k) for k in topk))
+    maxk = min(max(topk), eval_set.n_items)
+    totals: dict[str, torch.Tensor] = {}
+    n_users = len(eval_set.users)
+    for start in range(0, n_users, batch_users):
+        users = eval_set.users[start:start + batch_users]
+        scores = scorer(users.to(device)).float()
+        row, col = eval_set.mask.rows(users)
+        scores[row.to(device), col.to(device)] = -torch.inf
+        top = scores.topk(maxk, dim=1).indices.cpu()
+        relevant = torch.zeros(len(users), eval_set.n_items, dtype=torch.bool)
+        row, col = eval_set.relevant.rows(users)
+        relevant[row, col] = True
+        hits = relevant.gather(1, top)
+        sums = metrics_from_hits(hits, eval_set.relevant.counts(users), topk)
+        for key, value in sums.items():
+            totals[key] = totals.get(key, 0.0) + value
+    if n_users == 0:
+        return {}
+    return {key: float(value / n_users) for key, value in totals.items()}

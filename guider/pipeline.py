@@ -1,0 +1,129 @@
+"""One run, end to end, importable without the CLI: validate the config, load data and inject
+noise, build backbone and denoiser, train, write the run folder."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+from dataclasses import asdict, is_dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import __version__, io
+from .backbones import BACKBONES, build_backbone
+from .config import check_common
+from .data import load_data
+from .denoise import DENOISERS, build_denoiser
+from .training import fit
+
+log = logging.getLogger("guider")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0], "platform": platform.platform(), "guider": __version__}
+    for pkg in ("torch", "numpy", "scipy", "pandas", "hydra-core", "omegaconf", "pot"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def validate(cfg: DictConfig):
+    """Every schema check, before any work starts. Returns typed configs."""
+    root, dataset, noise = check_common(cfg)
+    backbone = BACKBONES.validate(cfg.backbone)
+    denoise = DENOISERS.validate(cfg.denoise)
+    return root, dataset, noise, backbone, denoise
+
+
+def _plain(obj):
+    return asdict(obj) if is_dataclass(obj) else obj
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Run one job in ``run_dir``; returns the metrics dict also written to metrics.json."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+    logging.getLogger("guider").addHandler(handler)
+    logging.getLogger("guider").setLevel(logging.INFO)
+    try:
+        return _run(cfg, run_dir)
+    finally:
+        logging.getLogger("guider").removeHandler(handler)
+        handler.close()
+
+
+def _run(cfg: DictConfig, run_dir: Path) -> dict:
+    t_start = time.perf_counter()
+    root, dataset, noise, backbone_cfg, denoise_cfg = validate(cfg)
+    io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    device = resolve_device(root.device)
+    seed = root.seed
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+    backbone_cls = BACKBONES.get(backbone_cfg.name).cls
+    required = list(dataset.features) if backbone_cls.uses_features else None
+    data = load_data(dataset, noise, root.data_dir, required)
+    log.info("data: %s", data.summary())
+
+    torch.manual_seed(seed)
+    model = build_backbone(backbone_cfg, data, device)
+    denoiser = build_denoiser(denoise_cfg, data, model, device, seed)
+    fingerprint = {
+        "seed": seed, "dataset": _plain(dataset), "noise": _plain(noise),
+        "backbone": _plain(backbone_cfg), "denoise": _plain(denoise_cfg),
+        "batch_size": root.train.batch_size, "lr": root.train.lr,
+        "eval_every": root.train.eval_every,
+    }
+    result = fit(model, denoiser, data, root.train, root.eval, device, seed, run_dir, fingerprint)
+
+    metrics = {
+        "status": "completed",
+        "dataset": data.summary(),
+        "backbone": backbone_cfg.name,
+        "denoise": denoise_cfg.name,
+        "seed": seed,
+        "device": str(device),
+        "noise": data.info.get("noise"),
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "valid_metric": root.eval.valid_metric,
+        "valid": result.valid,
+        "test": result.test,
+        "eval_excluded": result.eval_excluded,
+        "cold_start": data.info.get("cold_start"),
+        "seconds": {**result.seconds, "total": time.perf_counter() - t_start},
+        "versions": versions(),
+    }
+    io.write_json(run_dir / "metrics.json", metrics)
+    if result.history:
+        io.write_text(run_dir / "history.csv", pd.DataFrame(result.history).to_csv(index=False))
+    log.info("test: %s", {k: round(v, 5) for k, v in result.test.items()})
+    return metrics
+
+
+def write_failure(run_dir: str | Path, exc: BaseException) -> None:
+    """Record a failed run so a sweep summary shows it instead of silently dropping it."""
+    io.write_json(Path(run_dir) / "metrics.json", {
+        "status": "failed", "error": f"{type(exc).__name__}: {exc}", "versions": versions(),
+    })

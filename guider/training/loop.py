@@ -1,0 +1,186 @@
+"""Train a backbone (with a denoiser) to early stopping on the validation metric.
+
+Test metrics are computed once, at the best-validation state; selection never looks at test.
+Checkpoints: ``checkpoints/best.pt`` (model at the best evaluation) and ``checkpoints/last.pt``
+(everything needed to continue: model, optimiser, denoiser, sampler RNG, counters, history),
+both written atomically after every epoch. Resuming from ``last.pt`` replays the rest of the run
+exactly, so a resumed run ends with the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import io
+from ..backbones import Backbone
+from ..config import EvalConfig, TrainConfig
+from ..data import BPRSampler, Interactions
+from ..denoise import Denoiser, weighted_mean
+from ..evaluation import build_eval_set, evaluate
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # next epoch to run
+    best_value: float = -math.inf
+    best_epoch: int = -1
+    bad_evals: int = 0
+    finished: bool = False
+    seconds_train: float = 0.0
+    seconds_eval: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    epochs_run: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    history: list[dict]
+    seconds: dict[str, float]
+    stopped_early: bool
+    eval_excluded: dict
+
+
+def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainConfig,
+        evalc: EvalConfig, device: torch.device, seed: int, run_dir: Path,
+        fingerprint: dict | None = None,
+        on_epoch_end: Callable[[int], None] | None = None) -> FitResult:
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    generator = torch.Generator().manual_seed(seed)
+    sampler = BPRSampler(data.train.users, data.train.items, data.n_items, train.batch_size,
+                         generator, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
+    valid_set = build_eval_set(data.train.users, data.train.items, data.valid.users,
+                               data.valid.items, data.n_users, data.n_items)
+    test_set = build_eval_set(data.train.users, data.train.items, data.test.users,
+                              data.test.items, data.n_users, data.n_items)
+    state = TrainState()
+    best_model = None
+
+    if train.resume:
+        last = ckpt_dir / "last.pt"
+        if last.is_file():
+            ck = torch.load(last, map_location=device, weights_only=False)
+            if fingerprint is not None and ck.get("fingerprint") != fingerprint:
+                diff = sorted(k for k in fingerprint if ck.get("fingerprint", {}).get(k) != fingerprint[k])
+                raise ValueError(
+                    f"cannot resume from {last}: it was written with a different configuration "
+                    f"(differs in: {', '.join(diff)}). Resume with the same settings or start a new run."
+                )
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            denoiser.load_state_dict(ck["denoiser"])
+            generator.set_state(ck["generator"])
+            torch.set_rng_state(ck["torch_rng"])
+            state = TrainState(**ck["state"])
+            best_path = ckpt_dir / "best.pt"
+            if best_path.is_file():
+                best_model = torch.load(best_path, map_location=device, weights_only=False)["model"]
+            log.info("resumed from %s at epoch %d", last, state.epoch)
+        else:
+            log.warning("train.resume=true but %s does not exist; starting from scratch", last)
+
+    metric = evalc.valid_metric
+    bar = tqdm(range(state.epoch, train.epochs), initial=state.epoch, total=train.epochs,
+               desc="epochs", disable=not train.progress, dynamic_ncols=True)
+    for epoch in bar:
+        if state.finished:
+            break
+        t0 = time.perf_counter()
+        denoiser.on_epoch(epoch)
+        model.pre_epoch(epoch)
+        model.train()
+        loss_sum, n_batches = 0.0, 0
+        for batch in sampler.epoch():
+            losses = model.losses(batch)
+            weights = denoiser.weights(batch, losses.main.detach())
+            terms = {"main": weighted_mean(losses.main, weights), **losses.aux,
+                     **denoiser.extra_loss(batch, model)}
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                parts = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                raise NonFiniteLoss(
+                    f"loss became {float(loss)} at epoch {epoch}, batch {n_batches} ({parts}). "
+                    f"Lower train.lr or the regularisation, and check the item features for extreme "
+                    f"values. Checkpoints saved so far are in {ckpt_dir}."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            denoiser.step(batch)
+            loss_sum += float(loss.detach())
+            n_batches += 1
+        state.seconds_train += time.perf_counter() - t0
+        epoch_loss = loss_sum / max(n_batches, 1)
+        state.epoch = epoch + 1
+
+        if (epoch + 1) % train.eval_every == 0 or epoch + 1 == train.epochs:
+            t1 = time.perf_counter()
+            model.eval()
+            valid = evaluate(model.scorer(), valid_set, evalc.topk, evalc.batch_users, device)
+            state.seconds_eval += time.perf_counter() - t1
+            state.history.append({"epoch": epoch, "loss": epoch_loss, **valid})
+            value = valid.get(metric, -math.inf)
+            if value > state.best_value:
+                state.best_value, state.best_epoch, state.bad_evals = value, epoch, 0
+                best_model = copy.deepcopy(model.state_dict())
+                if train.save_checkpoints:
+                    io.torch_save(ckpt_dir / "best.pt", {"model": best_model, "epoch": epoch})
+            else:
+                state.bad_evals += 1
+            bar.set_postfix(loss=f"{epoch_loss:.4f}", **{metric: f"{value:.4f}"},
+                            best=f"{state.best_value:.4f}@{state.best_epoch}")
+            log.info("epoch %d loss %.5f %s %.5f (best %.5f at epoch %d)", epoch, epoch_loss,
+                     metric, value, state.best_value, state.best_epoch)
+            if state.bad_evals >= train.patience:
+                state.finished = True
+                log.info("early stop: no %s improvement in %d evaluations", metric, train.patience)
+        if train.save_checkpoints:
+            io.torch_save(ckpt_dir / "last.pt", {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "denoiser": denoiser.state_dict(), "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "state": asdict(state),
+                "fingerprint": fingerprint,
+            })
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+        if state.finished:
+            break
+    bar.close()
+
+    if best_model is not None:
+        model.load_state_dict(best_model)
+    model.eval()
+    t1 = time.perf_counter()
+    scorer = model.scorer()
+    valid = evaluate(scorer, valid_set, evalc.topk, evalc.batch_users, device)
+    test = evaluate(scorer, test_set, evalc.topk, evalc.batch_users, device)
+    seconds_final = time.perf_counter() - t1
+    return FitResult(
+        best_epoch=state.best_epoch,
+        epochs_run=state.epoch,
+        valid=valid,
+        test=test,
+        history=state.history,
+        seconds={"train": state.seconds_train, "eval": state.seconds_eval + seconds_final},
+        stopped_early=state.finished,
+        eval_excluded={"valid": valid_set.excluded, "test": test_set.excluded},
+    )
