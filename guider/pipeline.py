@@ -7,7 +7,7 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -17,10 +17,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__, io
-from .backbones import BACKBONES, build_backbone
-from .config import check_common
-from .data import load_data
-from .denoise import DENOISERS, build_denoiser
+from .backbones import BACKBONES, Backbone, build_backbone
+from .config import RootConfig, check_common
+from .data import Interactions, load_data
+from .denoise import DENOISERS, Denoiser, build_denoiser
 from .training import fit
 
 log = logging.getLogger("guider")
@@ -52,10 +52,6 @@ def validate(cfg: DictConfig):
     return root, dataset, noise, backbone, denoise
 
 
-def _plain(obj):
-    return asdict(obj) if is_dataclass(obj) else obj
-
-
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run one job in ``run_dir``; returns the metrics dict also written to metrics.json."""
     run_dir = Path(run_dir)
@@ -71,38 +67,55 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         handler.close()
 
 
-def _run(cfg: DictConfig, run_dir: Path) -> dict:
-    t_start = time.perf_counter()
+@dataclass
+class Job:
+    """Everything one run needs, built from a validated config."""
+
+    root: RootConfig
+    data: Interactions
+    model: Backbone
+    denoiser: Denoiser
+    device: torch.device
+    fingerprint: dict
+
+
+def prepare(cfg: DictConfig) -> Job:
     root, dataset, noise, backbone_cfg, denoise_cfg = validate(cfg)
-    io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     device = resolve_device(root.device)
     seed = root.seed
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-
     backbone_cls = BACKBONES.get(backbone_cfg.name).cls
     required = list(dataset.features) if backbone_cls.uses_features else None
     data = load_data(dataset, noise, root.data_dir, required)
     log.info("data: %s", data.summary())
-
     torch.manual_seed(seed)
+    np.random.seed(seed)
     model = build_backbone(backbone_cfg, data, device)
     denoiser = build_denoiser(denoise_cfg, data, model, device, seed)
     fingerprint = {
-        "seed": seed, "dataset": _plain(dataset), "noise": _plain(noise),
-        "backbone": _plain(backbone_cfg), "denoise": _plain(denoise_cfg),
+        "seed": seed, "dataset": asdict(dataset), "noise": asdict(noise),
+        "backbone": asdict(backbone_cfg), "denoise": asdict(denoise_cfg),
         "batch_size": root.train.batch_size, "lr": root.train.lr,
         "eval_every": root.train.eval_every,
     }
-    result = fit(model, denoiser, data, root.train, root.eval, device, seed, run_dir, fingerprint)
+    return Job(root, data, model, denoiser, device, fingerprint)
+
+
+def _run(cfg: DictConfig, run_dir: Path) -> dict:
+    t_start = time.perf_counter()
+    validate(cfg)  # fail on a bad config before writing anything
+    io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    job = prepare(cfg)
+    root, data, seed = job.root, job.data, job.root.seed
+    result = fit(job.model, job.denoiser, data, root.train, root.eval, job.device, seed, run_dir,
+                 job.fingerprint)
 
     metrics = {
         "status": "completed",
         "dataset": data.summary(),
-        "backbone": backbone_cfg.name,
-        "denoise": denoise_cfg.name,
+        "backbone": job.model.cfg.name,
+        "denoise": job.denoiser.cfg.name,
         "seed": seed,
-        "device": str(device),
+        "device": str(job.device),
         "noise": data.info.get("noise"),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,

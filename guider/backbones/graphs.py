@@ -35,7 +35,8 @@ def bipartite_adjacency(users: torch.Tensor, items: torch.Tensor, n_users: int, 
     w = None if weights is None else torch.cat([weights, weights])
     n = n_users + n_items
     vals = sym_norm_values(rows, cols, n, w)
-    adj = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n)).coalesce()
+    adj = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n),
+                                  check_invariants=False).coalesce()
     return adj.to_sparse_csr().to(device)
 
 

@@ -116,9 +116,9 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
                      **denoiser.extra_loss(batch, model)}
             loss = sum(terms.values())
             if not torch.isfinite(loss):
-                parts = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                 raise NonFiniteLoss(
-                    f"loss became {float(loss)} at epoch {epoch}, batch {n_batches} ({parts}). "
+                    f"loss became {float(loss.detach())} at epoch {epoch}, batch {n_batches} ({parts}). "
                     f"Lower train.lr or the regularisation, and check the item features for extreme "
                     f"values. Checkpoints saved so far are in {ckpt_dir}."
                 )

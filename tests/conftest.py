@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from guider.cli import CONF_DIR
+from guider.config import register_schemas
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A tiny synthetic set and a short schedule: every pipeline test runs in about a second.
+TINY = [
+    "dataset.synthetic.n_users=300",
+    "dataset.synthetic.n_items=200",
+    "dataset.synthetic.mean_interactions=12",
+    "train.epochs=4",
+    "train.batch_size=512",
+    "train.progress=false",
+    "eval.batch_users=128",
+    "device=cpu",
+]
+
+
+def compose_config(overrides: list[str] = ()):
+    register_schemas()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def tiny_cfg():
+    def make(*extra: str):
+        return compose_config(TINY + list(extra))
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+def shared_dataset(name: str) -> Path:
+    folder = SHARED_DATA / name
+    if not (folder / f"{name}.inter").is_file():
+        pytest.skip(f"real dataset '{name}' not found at {folder} (it exists on developer and CI "
+                    f"machines only)")
+    return SHARED_DATA

@@ -1,0 +1,146 @@
+"""Training loop behaviour: learning, determinism, resume, NaN handling, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from guider.backbones import BACKBONES
+from guider.pipeline import prepare, run
+from guider.training import NonFiniteLoss, fit
+
+LR_FAST = "train.lr=0.01"
+
+
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+def test_every_backbone_learns(tiny_cfg, tmp_path, backbone):
+    """Each registered model lowers its loss and ranks far better than chance."""
+    cfg = tiny_cfg(f"backbone={backbone}", LR_FAST, "train.epochs=20", "train.patience=100")
+    metrics = run(cfg, tmp_path)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0] - 0.05
+    n_items = metrics["dataset"]["n_items"]
+    chance = 20 / n_items  # expected Recall@20 of a random ranking
+    assert metrics["test"]["Recall@20"] > 2 * chance
+
+
+def test_outputs_written(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    metrics = run(cfg, tmp_path)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["test"] == pytest.approx(metrics["test"])
+    for key in ("best_epoch", "epochs_run", "valid", "test", "seconds", "versions", "seed", "noise"):
+        assert key in on_disk
+    assert set(on_disk["seconds"]) == {"train", "eval", "total"}
+    assert "Recall@20" in on_disk["test"] and "MAP@50" in on_disk["valid"]
+    assert on_disk["versions"]["torch"] == torch.__version__
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert len(history) == on_disk["epochs_run"] == 4
+    assert (tmp_path / "train.log").read_text().count("epoch") >= 4
+    assert "n_users: 300" in (tmp_path / "config.yaml").read_text()
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_test_metrics_come_from_best_valid_epoch(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(LR_FAST, "train.epochs=6")
+    metrics = run(cfg, tmp_path)
+    history = pd.read_csv(tmp_path / "history.csv")
+    best = history["Recall@20"].idxmax()
+    assert metrics["best_epoch"] == int(history["epoch"][best])
+    assert metrics["valid"]["Recall@20"] == pytest.approx(history["Recall@20"][best])
+
+
+def test_early_stopping(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("train.lr=0.05", "train.epochs=200", "train.patience=2")
+    metrics = run(cfg, tmp_path)
+    assert metrics["stopped_early"]
+    assert metrics["epochs_run"] == metrics["best_epoch"] + 1 + 2
+
+
+def test_same_seed_same_numbers(tiny_cfg, tmp_path):
+    a = run(tiny_cfg("seed=3"), tmp_path / "a")
+    b = run(tiny_cfg("seed=3"), tmp_path / "b")
+    c = run(tiny_cfg("seed=4"), tmp_path / "c")
+    assert a["test"] == b["test"] and a["valid"] == b["valid"]
+    assert a["test"] != c["test"]
+
+
+def test_resume_matches_uninterrupted_run(tiny_cfg, tmp_path):
+    overrides = ("train.epochs=6", LR_FAST, "train.patience=100")
+    full = run(tiny_cfg(*overrides), tmp_path / "full")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(epoch: int) -> None:
+        if epoch == 2:
+            raise Interrupt
+
+    job = prepare(tiny_cfg(*overrides))
+    with pytest.raises(Interrupt):
+        fit(job.model, job.denoiser, job.data, job.root.train, job.root.eval, job.device,
+            job.root.seed, tmp_path / "resumed", job.fingerprint, on_epoch_end=stop_after_two)
+    resumed = run(tiny_cfg(*overrides, "train.resume=true"), tmp_path / "resumed")
+    assert resumed["epochs_run"] == full["epochs_run"] == 6
+    assert resumed["best_epoch"] == full["best_epoch"]
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
+    h_full = pd.read_csv(tmp_path / "full" / "history.csv")
+    h_res = pd.read_csv(tmp_path / "resumed" / "history.csv")
+    pd.testing.assert_frame_equal(h_full, h_res)
+
+
+def test_resume_refuses_other_config(tiny_cfg, tmp_path):
+    run(tiny_cfg("train.epochs=2"), tmp_path)
+    with pytest.raises(ValueError, match="different configuration.*backbone"):
+        run(tiny_cfg("train.epochs=3", "train.resume=true", "backbone=mf"), tmp_path)
+
+
+def test_nan_loss_stops_with_clear_message(tiny_cfg, tmp_path, monkeypatch):
+    from guider.backbones.mf import MF
+
+    original = MF.losses
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        losses = original(self, batch)
+        if calls["n"] > 2:  # first epoch (one batch) is fine, then NaN
+            losses.main = losses.main * float("nan")
+        return losses
+
+    monkeypatch.setattr(MF, "losses", poisoned)
+    cfg = tiny_cfg("backbone=mf", "train.batch_size=100000")
+    with pytest.raises(NonFiniteLoss, match=r"loss became nan at epoch \d.*train\.lr"):
+        run(cfg, tmp_path)
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+def test_noise_record_in_metrics(tiny_cfg, tmp_path):
+    metrics = run(tiny_cfg("noise=random", "noise.ratio=0.2", "train.epochs=1"), tmp_path)
+    n_train_before = metrics["noise"]["n_train_before"]
+    assert metrics["noise"]["n_injected"] == round(0.2 * n_train_before)
+    assert metrics["dataset"]["n_train"] == n_train_before + metrics["noise"]["n_injected"]
+
+
+def test_modal_noise_on_synthetic(tiny_cfg, tmp_path):
+    metrics = run(tiny_cfg("noise=modal", "noise.ratio=0.1", "noise.modality=text",
+                           "train.epochs=1"), tmp_path)
+    assert metrics["noise"]["n_items_swapped"] == 20
+    assert metrics["noise"]["modality"] == "text"
+
+
+def test_loss_is_weighted_by_denoiser(tiny_cfg):
+    """The trainer applies a denoiser's per-sample weights to the main term."""
+    from guider.denoise import weighted_mean
+
+    terms = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert float(weighted_mean(terms, None)) == pytest.approx(2.5)
+    assert float(weighted_mean(terms, torch.tensor([1.0, 0.0, 1.0, 0.0]))) == pytest.approx(2.0)
+    assert float(weighted_mean(terms, torch.zeros(4))) == 0.0
+    np.testing.assert_allclose(float(weighted_mean(terms, torch.full((4,), 0.5))), 5.0 / 2.0)
