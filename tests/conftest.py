@@ -13,16 +13,19 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # A tiny synthetic set and a short schedule: every pipeline test runs in about a second.
-TINY = [
+TINY_SYNTHETIC = [
     "dataset.synthetic.n_users=300",
     "dataset.synthetic.n_items=200",
     "dataset.synthetic.mean_interactions=12",
+]
+SHORT = [
     "train.epochs=4",
     "train.batch_size=512",
     "train.progress=false",
     "eval.batch_users=128",
     "device=cpu",
 ]
+TINY = TINY_SYNTHETIC + SHORT
 
 
 def compose_config(overrides: list[str] = ()):
@@ -34,8 +37,19 @@ def compose_config(overrides: list[str] = ()):
 
 @pytest.fixture
 def tiny_cfg():
+    """Compose the real config on the tiny synthetic set with a short schedule."""
     def make(*extra: str):
         return compose_config(TINY + list(extra))
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def short_cfg():
+    """Compose the real config with a short schedule (pick the dataset in ``extra``)."""
+    def make(*extra: str):
+        return compose_config(SHORT + list(extra))
 
     yield make
     GlobalHydra.instance().clear()

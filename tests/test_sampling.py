@@ -176,8 +176,6 @@ def test_absent_pairs_item_probs_shape_the_distribution():
     assert 0.05 < counts[0] / 2000 < 0.15  # expected 0.1
 
 
-@pytest.mark.xfail(raises=IndexError, strict=True,
-                   reason="sample_absent_pairs indexes forbidden[-1] when forbidden_keys is empty")
 def test_absent_pairs_with_no_forbidden_keys():
     users, items = sample_absent_pairs(np.random.default_rng(0), 5, np.empty(0, dtype=np.int64),
                                        n=6, n_users=3)

@@ -40,17 +40,17 @@ def read_inter(path: Path) -> pd.DataFrame:
             f"An MMRec .inter file is tab-separated with a header naming at least "
             f"{', '.join(REQUIRED_COLUMNS)}."
         )
+    if len(df) == 0:
+        raise DataError(f"{path}: no interactions (only a header)")
     for col in REQUIRED_COLUMNS:
         if not pd.api.types.is_integer_dtype(df[col]):
             bad = df[col][pd.to_numeric(df[col], errors="coerce").isna()
                           | (pd.to_numeric(df[col], errors="coerce") % 1 != 0)]
             example = bad.iloc[0] if len(bad) else df[col].iloc[0]
             raise DataError(
-                f"{path}: column {col} must hold integers, found e.g. {example!r}. "
+                f"{path}: column {col} must hold integers, found e.g. '{example}'. "
                 f"Map raw ids to 0..n-1 integers first (scripts/prepare.py does this)."
             )
-    if len(df) == 0:
-        raise DataError(f"{path}: no interactions")
     return df
 
 
@@ -156,7 +156,7 @@ def load_mmrec(
 def report_cold(data: Interactions) -> dict:
     """Count users/items with no training interaction; warn once. They are kept in the index;
     evaluation skips such users, and held-out interactions on such items (no ID model can rank an
-    item it never saw trained; see docs/evaluation.md)."""
+    item it never saw trained; see the README, "Data set-up")."""
     udeg, ideg = data.train_degrees()
     cold = {"users": int((udeg == 0).sum()), "items": int((ideg == 0).sum())}
     if cold["users"] or cold["items"]:

@@ -51,9 +51,7 @@ def sample_absent_pairs(
     accepted = np.empty(0, dtype=np.int64)
     for _ in range(MAX_ROUNDS):
         keys = users[todo] * n_items + items[todo]
-        pos = np.searchsorted(forbidden, keys)
-        clash = (pos < len(forbidden)) & (forbidden[np.minimum(pos, len(forbidden) - 1)] == keys)
-        clash |= np.isin(keys, accepted)
+        clash = np.isin(keys, forbidden, assume_unique=False) | np.isin(keys, accepted)
         # duplicates within this round: keep the first occurrence
         _, first = np.unique(keys, return_index=True)
         dup = np.ones(len(keys), dtype=bool)

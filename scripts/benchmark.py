@@ -1,0 +1,94 @@
+"""Speed and memory of training and full-ranking evaluation (a benchmark, not a test).
+
+    python scripts/benchmark.py --data-dir ../shared/data --dataset baby --backbones mf lightgcn
+
+For each backbone, in a fresh subprocess: seconds per training epoch (mean over --epochs epochs),
+seconds per full validation pass (median of --evals passes: score all valid users against all
+items, mask training items, top-k, metrics), and the process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def measure(dataset: str, backbone: str, data_dir: str, epochs: int, evals: int) -> dict:
+    import tempfile
+
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from guider.cli import CONF_DIR
+    from guider.config import register_schemas
+    from guider.evaluation import build_eval_set, evaluate
+    from guider.pipeline import prepare
+    from guider.training import fit
+
+    register_schemas()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[
+            f"dataset={dataset}", f"backbone={backbone}", f"data_dir={data_dir}", "device=cpu",
+            f"train.epochs={epochs}", f"train.eval_every={epochs}", "train.progress=false",
+            "train.save_checkpoints=false"])
+    job = prepare(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = fit(job.model, job.denoiser, job.data, job.root.train, job.root.eval, job.device,
+                     job.root.seed, Path(tmp))
+    d = job.data
+    valid = build_eval_set(d.train.users, d.train.items, d.valid.users, d.valid.items,
+                           d.n_users, d.n_items)
+    times = []
+    for _ in range(evals):
+        t = time.perf_counter()
+        job.model.eval()
+        evaluate(job.model.scorer(), valid, job.root.eval.topk, job.root.eval.batch_users)
+        times.append(time.perf_counter() - t)
+    return {
+        "dataset": dataset, "backbone": backbone, "threads": torch.get_num_threads(),
+        "n_train": len(d.train), "n_eval_users": len(valid.users),
+        "epoch_s": result.seconds["train"] / epochs,
+        "eval_pass_s": statistics.median(times),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "valid_recall20_after": result.valid.get("Recall@20"),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data-dir", default="../shared/data")
+    ap.add_argument("--dataset", default="baby")
+    ap.add_argument("--backbones", nargs="+", default=["mf", "lightgcn"])
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--evals", type=int, default=5)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.dataset, args.one, args.data_dir, args.epochs, args.evals)))
+        return
+    rows = []
+    for name in args.backbones:
+        print(f"measuring {name} on {args.dataset} ...", file=sys.stderr, flush=True)
+        out = subprocess.run([sys.executable, __file__, "--one", name, "--dataset", args.dataset,
+                              "--data-dir", args.data_dir, "--epochs", str(args.epochs),
+                              "--evals", str(args.evals)],
+                             check=True, capture_output=True, text=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"{'backbone':<10} {'s/epoch':>8} {'s/valid pass':>13} {'peak RSS MB':>12} "
+          f"{'train rows':>11} {'eval users':>11} threads")
+    for r in rows:
+        print(f"{r['backbone']:<10} {r['epoch_s']:8.3f} {r['eval_pass_s']:13.3f} "
+              f"{r['peak_rss_mb']:12.0f} {r['n_train']:11d} {r['n_eval_users']:11d} {r['threads']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The console script as a user runs it: single runs, sweeps, and failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, SHORT, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def guider_train(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "guider.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_single_run_end_to_end(tmp_path):
+    out = guider_train(*TINY, f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    assert "synthetic / lightgcn / denoise=none: test Recall@20" in out.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs_run"] == 4
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()
+    assert (tmp_path / "train.log").stat().st_size > 0
+
+
+def test_multirun_keeps_going_when_one_run_fails(tmp_path):
+    # the second run reads the synthetic name from a (missing) folder instead of generating it
+    out = guider_train("-m", *TINY, "dataset.kind=synthetic,mmrec", f"data_dir={tmp_path / 'nowhere'}",
+                       f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    ok = json.loads((tmp_path / "0" / "metrics.json").read_text())
+    failed = json.loads((tmp_path / "1" / "metrics.json").read_text())
+    assert ok["status"] == "completed"
+    assert failed["status"] == "failed"
+    assert "synthetic.inter" in failed["error"] and "data_dir" in failed["error"]
+
+
+def test_missing_data_fails_clearly(tmp_path):
+    out = guider_train(*SHORT, "dataset=baby", f"data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 1
+    assert "interaction file not found" in out.stderr and "baby.inter" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_backbone_fails_clearly(tmp_path):
+    out = guider_train(*TINY, "backbone=nosuch", f"hydra.run.dir={tmp_path}")
+    assert out.returncode != 0
+    assert "nosuch" in out.stderr and "lightgcn" in out.stderr
+
+
+def test_typo_in_key_fails_before_work(tmp_path):
+    out = guider_train(*TINY, "train.epocs=3", f"hydra.run.dir={tmp_path}")
+    assert out.returncode != 0
+    assert "epocs" in out.stderr
+    assert not (tmp_path / "metrics.json").exists()
