@@ -69,3 +69,46 @@ def lightgcn_propagate(adj: torch.Tensor, ego: torch.Tensor, n_layers: int) -> t
         h = sym_spmm(adj, h)
         out = out + h
     return out / (n_layers + 1)
+
+
+def centred_unit(x: torch.Tensor) -> torch.Tensor:
+    """Centre the rows (subtract the mean row) and scale each to unit length. A raw all-zero row
+    is a missing feature: it stays zero. Pretrained features are strongly anisotropic (high mean
+    pairwise cosine); centring removes the shared direction that would drown the signal."""
+    x = x.float()
+    missing = ~x.any(dim=1)
+    present = ~missing
+    mean = x[present].mean(0) if present.any() else torch.zeros(x.shape[1])
+    z = x - mean
+    z[missing] = 0.0
+    norm = z.norm(dim=1, keepdim=True)
+    return torch.where(norm > 0, z / norm.clamp(min=1e-12), torch.zeros_like(z))
+
+
+def knn_indices(z: torch.Tensor, k: int, block_size: int = 2048,
+                exclude_self: bool = True) -> torch.Tensor:
+    """Indices of the k most similar rows of ``z`` by inner product (cosine for unit rows),
+    computed block by block: memory O(block_size x n), never n x n."""
+    n = z.shape[0]
+    k = min(k, n - 1 if exclude_self else n)
+    out = torch.empty(n, k, dtype=torch.long)
+    zt = z.t().contiguous()
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        sims = z[start:stop] @ zt
+        if exclude_self:
+            rows = torch.arange(stop - start)
+            sims[rows, rows + start] = -torch.inf
+        out[start:stop] = sims.topk(k, dim=1).indices
+    return out
+
+
+def user_item_matrix(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
+                     values: torch.Tensor | None = None) -> torch.Tensor:
+    """Sparse CSR user x item matrix (ones, or ``values``) for sparse aggregations R @ X."""
+    users = torch.as_tensor(users, dtype=torch.long)
+    items = torch.as_tensor(items, dtype=torch.long)
+    vals = torch.ones(len(users)) if values is None else values.float()
+    r = torch.sparse_coo_tensor(torch.stack([users, items]), vals, (n_users, n_items),
+                                check_invariants=False).coalesce()
+    return r.to_sparse_csr()

@@ -1,0 +1,181 @@
+"""AMSC: Adaptive Modality Similarity Calibration (GUIDER, part 1).
+
+Decides, for every training interaction (u, i), whether i is consistent with the rest of u's
+history. Everything is computed with sparse user-item aggregations in O(|R| d); no pairwise loop
+and no n_items x n_items matrix (the kNN for the cross-modal confidence is block-wise).
+See docs/guider.md for the equations next to this code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+import torch
+
+from ...backbones.graphs import centred_unit, knn_indices, user_item_matrix
+
+CHUNK = 1 << 20  # interactions per chunk of row-wise dot products
+
+
+@dataclass
+class AMSCConfig:
+    conf_k: int = 10  # neighbours per modality for the cross-modal confidence
+    conf_power: float = 0.5  # w_i = (conf_i / max conf)^power
+    alpha_temp: float = 0.05  # softmax temperature of the adaptive modality weights
+    calibrate: bool = True  # false: w = 1, equal alpha, no collaborative term
+    warmup_epochs: int = 10  # lambda(t) and rho(t) ramp linearly to their maxima over this
+    rho_max: float = 0.1  # final share of interactions reclassified as I_false
+    per_user: bool = False  # standardise scores within each user (n_u >= 3) before the quantile
+    refresh_every: int = 1  # epochs between refreshes
+    knn_block: int = 2048  # rows per block in the kNN
+
+
+def rowwise_dot(a: torch.Tensor, rows_a: torch.Tensor, b: torch.Tensor,
+                rows_b: torch.Tensor) -> torch.Tensor:
+    """(a[rows_a] * b[rows_b]).sum(-1), chunked so memory stays O(CHUNK x d)."""
+    out = torch.empty(len(rows_a), dtype=a.dtype)
+    for s in range(0, len(rows_a), CHUNK):
+        out[s:s + CHUNK] = (a[rows_a[s:s + CHUNK]] * b[rows_b[s:s + CHUNK]]).sum(-1)
+    return out
+
+
+def cross_modal_confidence(z: dict[str, torch.Tensor], k: int, block: int) -> torch.Tensor:
+    """conf_i = mean over modality pairs of |N_k^m(i) & N_k^m'(i)| / k (1 with one modality)."""
+    names = list(z)
+    n = next(iter(z.values())).shape[0]
+    if len(names) < 2:
+        return torch.ones(n)
+    nbrs = {m: knn_indices(z[m], k, block) for m in names}
+    total = torch.zeros(n)
+    pairs = list(combinations(names, 2))
+    for a, b in pairs:
+        # |A & B| per row via a k x k equality table (k is small)
+        overlap = (nbrs[a][:, :, None] == nbrs[b][:, None, :]).any(-1).sum(-1)
+        total += overlap.float() / nbrs[a].shape[1]
+    return total / len(pairs)
+
+
+def confidence_weights(conf: torch.Tensor, power: float) -> torch.Tensor:
+    top = conf.max()
+    if top <= 0:
+        return torch.zeros_like(conf)
+    return (conf / top).pow(power)
+
+
+class AMSC:
+    """Holds the static parts (centred features, confidence weights, modality weights) and
+    computes consistency scores c_u(i) for every training interaction on demand."""
+
+    def __init__(self, cfg: AMSCConfig, features: dict[str, np.ndarray], users: np.ndarray,
+                 items: np.ndarray, n_users: int, n_items: int, seed: int):
+        if not features:
+            raise ValueError(
+                "denoise=guider needs item features (AMSC compares a user's items by content), "
+                "but the dataset has none loaded; choose a dataset with feature files or "
+                "dataset=synthetic"
+            )
+        self.cfg = cfg
+        self.users = torch.as_tensor(users, dtype=torch.long)
+        self.items = torch.as_tensor(items, dtype=torch.long)
+        self.n_users, self.n_items = n_users, n_items
+        self.R = user_item_matrix(self.users, self.items, n_users, n_items)
+        self.n_u = torch.bincount(self.users, minlength=n_users).float()
+        self.z = {m: centred_unit(torch.as_tensor(f)) for m, f in features.items()}
+        self.conf = cross_modal_confidence(self.z, cfg.conf_k, cfg.knn_block)
+        self.w = confidence_weights(self.conf, cfg.conf_power)
+        gen = torch.Generator().manual_seed(seed)
+        self.random_items = torch.randint(n_items, (len(self.items),), generator=gen)
+        self.gap = self.modality_gaps()
+        self.alpha = torch.softmax(self.gap / cfg.alpha_temp, dim=0)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.z)
+
+    def modality_gaps(self) -> torch.Tensor:
+        """g_m: mean consistency of observed (u, i) with the rest of u's history under modality
+        m, minus the same for uniformly random (u, j)."""
+        multi = self.n_u[self.users] >= 2
+        u, i, j = self.users[multi], self.items[multi], self.random_items[multi]
+        n_u = self.n_u[u]
+        gaps = []
+        for m, z in self.z.items():
+            agg = self.R @ z  # sum of z over each user's items
+            observed = (rowwise_dot(z, i, agg, u) - (z[i] * z[i]).sum(-1)) / (n_u - 1)
+            random = rowwise_dot(z, j, agg, u) / n_u
+            gaps.append(observed.mean() - random.mean())
+        return torch.stack(gaps)
+
+    def schedule(self, epoch: int) -> tuple[float, float]:
+        """(lambda(t), rho(t)): both ramp linearly over the warm-up."""
+        ramp = min(1.0, epoch / self.cfg.warmup_epochs) if self.cfg.warmup_epochs > 0 else 1.0
+        return ramp, self.cfg.rho_max * ramp
+
+    def consistency(self, item_emb: torch.Tensor | None, lam: float) -> torch.Tensor:
+        """c_u(i) for every training interaction; NaN where n_u = 1 (clean by definition).
+
+        sum_{i' in I(u)} S(i, i') = w_i sum_m alpha_m z_i^m . A_u^m
+                                   + lam (e_i . E_u - w_i e_i . W_u)
+        with A_u^m = sum w_i' z_i'^m, E_u = sum e_i', W_u = sum w_i' e_i'; minus the i' = i term.
+        """
+        cfg = self.cfg
+        u, i = self.users, self.items
+        if cfg.calibrate:
+            w, alpha = self.w, self.alpha
+        else:
+            w = torch.ones(self.n_items)
+            alpha = torch.full((len(self.z),), 1.0 / len(self.z))
+            lam = 0.0
+        w_i = w[i]
+        total = torch.zeros(len(i))
+        self_term = torch.zeros(len(i))
+        for a, z in zip(alpha, self.z.values()):
+            A = self.R @ (w[:, None] * z)
+            total += a * w_i * rowwise_dot(z, i, A, u)
+            self_term += a * w_i * w_i * (z[i] * z[i]).sum(-1)
+        if lam > 0 and item_emb is not None:
+            e = torch.nn.functional.normalize(item_emb.detach().float().cpu(), dim=1)
+            E = self.R @ e
+            W = self.R @ (w[:, None] * e)
+            total += lam * (rowwise_dot(e, i, E, u) - w_i * rowwise_dot(e, i, W, u))
+            self_term += lam * (1.0 - w_i * w_i) * (e[i] * e[i]).sum(-1)
+        n_u = self.n_u[u]
+        c = (total - self_term) / (n_u - 1).clamp(min=1.0)
+        c[n_u < 2] = torch.nan
+        return c
+
+    def standardise_per_user(self, c: torch.Tensor) -> torch.Tensor:
+        """z-score c within each user with n_u >= 3 (others unchanged)."""
+        u = self.users
+        valid = ~torch.isnan(c)
+        cv = torch.where(valid, c, torch.zeros_like(c))
+        s1 = torch.zeros(self.n_users).index_add_(0, u, cv)
+        s2 = torch.zeros(self.n_users).index_add_(0, u, cv * cv)
+        n = self.n_u
+        mean = s1 / n.clamp(min=1)
+        std = (s2 / n.clamp(min=1) - mean * mean).clamp(min=0).sqrt()
+        ok = (self.n_u[u] >= 3) & (std[u] > 1e-12)
+        out = c.clone()
+        out[ok] = (c[ok] - mean[u][ok]) / std[u][ok]
+        return out
+
+    def reclassify(self, c: torch.Tensor, rho: float) -> torch.Tensor:
+        """I_false: interactions whose score is below the rho-quantile of all scores (users with
+        one interaction are never flagged)."""
+        valid = ~torch.isnan(c)
+        flagged = torch.zeros(len(c), dtype=torch.bool)
+        if rho <= 0 or not valid.any():
+            return flagged
+        threshold = float(np.quantile(c[valid].double().numpy(), rho))
+        flagged[valid] = c[valid] < threshold
+        return flagged
+
+    def refresh(self, item_emb: torch.Tensor | None, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores (higher = more consistent; NaN = clean by definition) and the I_false mask."""
+        lam, rho = self.schedule(epoch)
+        c = self.consistency(item_emb, lam)
+        if self.cfg.per_user:
+            c = self.standardise_per_user(c)
+        return c, self.reclassify(c, rho)
