@@ -23,6 +23,9 @@ def summary_line(metrics: dict) -> str:
     test = metrics["test"]
     keys = ("Recall@20", "NDCG@20")
     shown = "  ".join(f"{k} {test[k]:.4f}" for k in keys if k in test)
+    det = metrics.get("detection") or {}
+    if det.get("auc") is not None:
+        shown += f"  detection AUC {det['auc']:.3f}"
     return (f"{metrics['dataset']['name']} / {metrics['backbone']} / denoise={metrics['denoise']}: "
             f"test {shown}  (best epoch {metrics['best_epoch']}, {metrics['epochs_run']} epochs, "
             f"{metrics['seconds']['total']:.1f} s)")

@@ -22,6 +22,7 @@ from .backbones import BACKBONES, Backbone, build_backbone
 from .config import RootConfig, check_common
 from .data import Interactions, load_data
 from .denoise import DENOISERS, Denoiser, build_denoiser
+from .evaluation.detection import detection_metrics
 from .training import fit
 
 log = logging.getLogger("guider")
@@ -102,6 +103,15 @@ def prepare(cfg: DictConfig) -> Job:
     return Job(root, data, model, denoiser, device, fingerprint)
 
 
+def detection(job: Job) -> dict | None:
+    """Noise-detection quality of the denoiser against the known noise labels, if both exist."""
+    data = job.data
+    scores, flagged = job.denoiser.noise_scores(), job.denoiser.flagged()
+    if not data.has_noise_labels or (scores is None and flagged is None):
+        return None
+    return detection_metrics(scores, flagged, data.train_noise)
+
+
 def _run(cfg: DictConfig, run_dir: Path) -> dict:
     t_start = time.perf_counter()
     validate(cfg)  # fail on a bad config before writing anything
@@ -126,6 +136,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "valid": result.valid,
         "test": result.test,
         "eval_excluded": result.eval_excluded,
+        "detection": detection(job),
+        "denoiser": job.denoiser.summary(),
         "cold_start": data.info.get("cold_start"),
         "seconds": {**result.seconds, "total": time.perf_counter() - t_start},
         "versions": versions(),

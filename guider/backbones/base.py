@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
@@ -43,6 +44,20 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.n_users = data.n_users
         self.n_items = data.n_items
+        self._batch_cache: tuple[weakref.ref, torch.Tensor, torch.Tensor] | None = None
+
+    def remember(self, batch: Batch, users: torch.Tensor, items: torch.Tensor) -> None:
+        """Keep the representations computed in ``losses(batch)`` so that a denoiser's loss on
+        the same batch (distillation) reuses them, and its gradient joins the same backward."""
+        self._batch_cache = (weakref.ref(batch), users, items)
+
+    def batch_embeddings(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """User and item representations of the current training step, differentiable: those
+        of ``losses(batch)`` when it cached them, else freshly computed."""
+        cache = self._batch_cache
+        if cache is not None and cache[0]() is batch:
+            return cache[1], cache[2]
+        return self.final_embeddings()
 
     def pre_epoch(self, epoch: int) -> None:
         """Hook before each epoch (e.g. FREEDOM's edge pruning)."""

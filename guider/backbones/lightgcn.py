@@ -36,6 +36,7 @@ class LightGCN(Backbone):
 
     def losses(self, batch: Batch) -> Losses:
         out = lightgcn_propagate(self.adj, self.embedding.weight, self.cfg.n_layers)
+        self.remember(batch, out[: self.n_users], out[self.n_users:])
         # one gather for users, positives and negatives: its backward is a single scatter
         nodes = torch.cat([batch.users, batch.pos + self.n_users, batch.neg + self.n_users])
         u, i, j = out.index_select(0, nodes).chunk(3)

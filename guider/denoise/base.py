@@ -44,11 +44,19 @@ class Denoiser:
         return {}
 
     def step(self, batch: Batch) -> None:
-        """Train the denoiser's own models on this batch (after the backbone's step)."""
+        """Train the denoiser's own models on this batch (called before the backbone's step)."""
 
     def noise_scores(self) -> np.ndarray | None:
         """One score per training interaction, higher = more likely noise; None if it has none."""
         return None
+
+    def flagged(self) -> np.ndarray | None:
+        """Boolean mask of the training interactions it currently treats as noise, if any."""
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """Extra numbers for metrics.json (e.g. modality weights)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

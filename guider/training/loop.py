@@ -26,6 +26,7 @@ from ..config import EvalConfig, TrainConfig
 from ..data import BPRSampler, Interactions
 from ..denoise import Denoiser, weighted_mean
 from ..evaluation import build_eval_set, evaluate
+from ..optim import make_adam
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,6 @@ class FitResult:
     seconds: dict[str, float]
     stopped_early: bool
     eval_excluded: dict
-
-
-def make_adam(params, lr: float) -> torch.optim.Adam:
-    """Adam; the fused kernel where this torch has it (same update, ~30% faster on CPU)."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
 
 
 def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainConfig,
@@ -119,6 +111,7 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
         model.train()
         loss_sum, n_batches = 0.0, 0
         for batch in sampler.epoch():
+            denoiser.step(batch)  # the denoiser's own models first (GUIDER's teacher)
             losses = model.losses(batch)
             weights = denoiser.weights(batch, losses.main.detach())
             terms = {"main": weighted_mean(losses.main, weights), **losses.aux,
@@ -134,7 +127,6 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            denoiser.step(batch)
             loss_sum += float(loss.detach())
             n_batches += 1
         state.seconds_train += time.perf_counter() - t0

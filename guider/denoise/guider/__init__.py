@@ -1,0 +1,156 @@
+"""GUIDER (Li et al., WSDM 2025): AMSC calibration, a DBPR-trained ID teacher, and optimal-
+transport distillation into any backbone, teacher and student trained in sync.
+
+Per epoch t: if t % amsc.refresh_every == 0, AMSC rescores every training interaction with the
+teacher's current item embeddings and reclassifies the lowest rho(t) share as I_false, giving
+omega (1 for I_true, dbpr.false_weight for I_false). Per batch: the teacher takes a DBPR step
+(``step``), then the student takes its own step with omega on its main term (``weights``, when
+student_dbpr) plus gamma * L_KD (``extra_loss``). See docs/guider.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ...backbones import BACKBONES, Backbone, build_backbone
+from ...data import Batch, Interactions
+from ...optim import make_adam
+from ..base import DENOISERS, Denoiser, DenoiseConfig, weighted_mean
+from .amsc import AMSC, AMSCConfig
+from .distill import Distiller, KDConfig
+
+TEACHERS = ("lightgcn", "mf")
+
+
+@dataclass
+class DBPRConfig:
+    enabled: bool = True  # false: omega = 1 everywhere (plain BPR), AMSC unused
+    false_weight: float = 0.0  # omega for I_false: 0 drops, 0 < w < 1 down-weights
+
+
+@dataclass
+class GuiderConfig(DenoiseConfig):
+    name: str = "guider"
+    teacher: str = "lightgcn"  # lightgcn | mf (ID-based)
+    teacher_dim: int = 64
+    teacher_layers: int = 2  # LightGCN teacher only
+    teacher_lr: float = 1e-3
+    teacher_reg: float = 1e-4
+    student_dbpr: bool = True  # the student's main term is weighted by omega too
+    amsc: AMSCConfig = field(default_factory=AMSCConfig)
+    dbpr: DBPRConfig = field(default_factory=DBPRConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+
+
+def build_teacher(cfg: GuiderConfig, data: Interactions, device: torch.device,
+                  seed: int) -> Backbone:
+    if cfg.teacher not in TEACHERS:
+        raise ValueError(f"denoise.teacher={cfg.teacher!r}: choose one of {', '.join(TEACHERS)}")
+    schema = BACKBONES.get(cfg.teacher).schema
+    tcfg = schema(name=cfg.teacher, embedding_dim=cfg.teacher_dim, reg_weight=cfg.teacher_reg)
+    if cfg.teacher == "lightgcn":
+        tcfg.n_layers = cfg.teacher_layers
+    # the teacher's initialisation must not consume the global RNG the student was seeded from
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 7919)
+        return build_backbone(tcfg, data, device)
+
+
+@DENOISERS.register("guider", GuiderConfig)
+class Guider(Denoiser):
+    def __init__(self, cfg: GuiderConfig, data: Interactions, backbone: Backbone,
+                 device: torch.device, seed: int):
+        super().__init__(cfg, data, backbone, device, seed)
+        self.teacher = build_teacher(cfg, data, device, seed)
+        self.teacher_opt = make_adam(self.teacher.parameters(), cfg.teacher_lr)
+        self.amsc = (AMSC(cfg.amsc, data.features, data.train.users, data.train.items,
+                          data.n_users, data.n_items, seed + 1)
+                     if cfg.dbpr.enabled else None)
+        self.distiller = Distiller(cfg.kd, data.n_items, seed + 2)
+        n = len(data.train)
+        self.omega = torch.ones(n, device=device)
+        self.false_mask = torch.zeros(n, dtype=torch.bool)
+        self.scores: torch.Tensor | None = None
+        self.teacher_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # --- epoch: AMSC refresh -------------------------------------------------------------
+    def on_epoch(self, epoch: int) -> None:
+        cfg = self.cfg
+        if self.amsc is None or epoch % cfg.amsc.refresh_every != 0:
+            return
+        self.teacher.eval()
+        with torch.no_grad():
+            item_emb = self.teacher.item_embeddings()
+        c, false_mask = self.amsc.refresh(item_emb, epoch)
+        self.scores, self.false_mask = c, false_mask
+        omega = torch.ones(len(c))
+        omega[false_mask] = cfg.dbpr.false_weight
+        self.omega = omega.to(self.device)
+
+    # --- batch: teacher step, then the student's weights and distillation ----------------
+    def step(self, batch: Batch) -> None:
+        self.teacher.train()
+        losses = self.teacher.losses(batch)
+        omega = self.omega[batch.idx] if self.amsc is not None else None
+        loss = weighted_mean(losses.main, omega) + sum(losses.aux.values())
+        self.teacher_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.teacher_opt.step()
+        users, items = self.teacher.batch_embeddings(batch)
+        self.teacher_embeddings = (users.detach(), items.detach())
+
+    def weights(self, batch: Batch, main: torch.Tensor) -> torch.Tensor | None:
+        if self.amsc is None or not self.cfg.student_dbpr:
+            return None
+        return self.omega[batch.idx]
+
+    def extra_loss(self, batch: Batch, backbone: Backbone) -> dict[str, torch.Tensor]:
+        if self.cfg.kd.type == "none" or self.cfg.kd.weight == 0:
+            return {}
+        if self.teacher_embeddings is None:
+            with torch.no_grad():
+                self.teacher_embeddings = self.teacher.final_embeddings()
+        s_users, s_items = backbone.batch_embeddings(batch)
+        t_users, t_items = self.teacher_embeddings
+        kd = self.distiller.loss(batch, s_users, s_items, t_users, t_items)
+        return {"kd": self.cfg.kd.weight * kd}
+
+    # --- detection and bookkeeping ------------------------------------------------------
+    def noise_scores(self) -> np.ndarray | None:
+        if self.scores is None:
+            return None
+        c = self.scores.clone()
+        nan = torch.isnan(c)
+        # users with a single interaction are clean by definition: least suspicious of all
+        c[nan] = (c[~nan].max() + 1.0) if (~nan).any() else 0.0
+        return (-c).numpy()
+
+    def flagged(self) -> np.ndarray | None:
+        return self.false_mask.numpy() if self.amsc is not None else None
+
+    def summary(self) -> dict:
+        if self.amsc is None:
+            return {"amsc": None}
+        return {
+            "modality_weights": dict(zip(self.amsc.modalities, self.amsc.alpha.tolist())),
+            "modality_gaps": dict(zip(self.amsc.modalities, self.amsc.gap.tolist())),
+            "mean_confidence_weight": float(self.amsc.w.mean()),
+            "n_flagged": int(self.false_mask.sum()),
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "teacher": self.teacher.state_dict(), "teacher_opt": self.teacher_opt.state_dict(),
+            "omega": self.omega, "false_mask": self.false_mask, "scores": self.scores,
+            "distiller": self.distiller.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.teacher_opt.load_state_dict(state["teacher_opt"])
+        self.omega, self.false_mask, self.scores = state["omega"], state["false_mask"], state["scores"]
+        self.distiller.load_state_dict(state["distiller"])
+        self.teacher_embeddings = None
