@@ -1,0 +1,377 @@
+"""GUIDER: AMSC scores, the sparse consistency identity, OT distillation against POT, the in-sync
+loop and every ablation switch."""
+
+from __future__ import annotations
+
+import numpy as np
+import ot
+import pandas as pd
+import pytest
+import torch
+
+from guider.backbones.graphs import centred_unit, knn_indices
+from guider.backbones.mf import MF
+from guider.data import Batch
+from guider.denoise.guider import Guider
+from guider.denoise.guider.amsc import AMSC, AMSCConfig, cross_modal_confidence
+from guider.denoise.guider.distill import (Distiller, KDConfig, kl_loss, ot_loss, sinkhorn,
+                                           transport_cost)
+from guider.evaluation.detection import detection_auc, detection_metrics
+from guider.pipeline import prepare, run
+from guider.training import fit
+
+
+def brute_force_consistency(amsc: AMSC, item_emb, lam, calibrate=True):
+    """c_u(i) = 1/(n_u - 1) sum_{i' in I(u), i' != i} S(i, i') with a dense S."""
+    n = amsc.n_items
+    if calibrate:
+        w, alpha = amsc.w.double(), amsc.alpha.double()
+    else:
+        w, alpha, lam = torch.ones(n, dtype=torch.float64), torch.full((len(amsc.z),), 1 / len(amsc.z)), 0.0
+    s_modal = sum(a * (z.double() @ z.double().t()) for a, z in zip(alpha, amsc.z.values()))
+    ww = w[:, None] * w[None, :]
+    S = ww * s_modal
+    if lam > 0:
+        e = torch.nn.functional.normalize(item_emb.double(), dim=1)
+        S = S + (1 - ww) * lam * (e @ e.t())
+    out = []
+    users, items = amsc.users.tolist(), amsc.items.tolist()
+    history: dict[int, list[int]] = {}
+    for u, i in zip(users, items):
+        history.setdefault(u, []).append(i)
+    for u, i in zip(users, items):
+        others = [j for j in history[u] if j != i]
+        out.append(float("nan") if not others else float(S[i, others].sum() / len(others)))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def random_amsc(cfg=None, n_users=25, n_items=40, seed=0, modalities=("image", "text")):
+    rng = np.random.default_rng(seed)
+    pairs = set()
+    while len(pairs) < 160:
+        pairs.add((int(rng.integers(n_users - 1)), int(rng.integers(n_items))))
+    pairs.add((n_users - 1, 0))  # the last user has a single interaction
+    pairs = np.array(sorted(pairs))
+    feats = {m: rng.normal(size=(n_items, 6 + k)).astype(np.float32) + 2.0
+             for k, m in enumerate(modalities)}
+    return AMSC(cfg or AMSCConfig(conf_k=4), feats, pairs[:, 0], pairs[:, 1], n_users, n_items, seed)
+
+
+# --- AMSC ---------------------------------------------------------------------------------
+
+def test_odd_item_in_a_history_is_flagged():
+    """One user, five items: four share a direction in both modalities, one points elsewhere."""
+    base = np.array([1.0, 0.0, 0.0, 0.0])
+    odd = np.array([0.0, 0.0, 1.0, 0.0])
+    rng = np.random.default_rng(1)
+    rows = [base + 0.05 * rng.normal(size=4) for _ in range(4)] + [odd]
+    # other items make the centring meaningful
+    rows += [rng.normal(size=4) for _ in range(15)]
+    feats = np.array(rows, dtype=np.float32)
+    users = np.zeros(5, dtype=np.int64)
+    items = np.arange(5)
+    amsc = AMSC(AMSCConfig(conf_k=3, warmup_epochs=1, rho_max=0.2), {"image": feats, "text": feats},
+                users, items, 1, 20, 0)
+    c, false_mask = amsc.refresh(None, epoch=1)
+    assert int(torch.argmin(c)) == 4
+    assert false_mask.tolist() == [False, False, False, False, True]
+
+
+def test_sparse_consistency_equals_brute_force():
+    amsc = random_amsc()
+    emb = torch.randn(amsc.n_items, 5)
+    for lam in (0.0, 0.4, 1.0):
+        fast = amsc.consistency(emb, lam)
+        slow = brute_force_consistency(amsc, emb, lam)
+        assert torch.allclose(fast.double(), slow, atol=1e-5, equal_nan=True)
+    assert torch.isnan(fast).any()  # some users have a single interaction
+
+
+def test_uncalibrated_is_plain_mean_modal_similarity_and_ignores_teacher():
+    amsc = random_amsc(AMSCConfig(conf_k=4, calibrate=False))
+    a = amsc.consistency(torch.randn(amsc.n_items, 5), 1.0)
+    b = amsc.consistency(torch.randn(amsc.n_items, 5), 1.0)
+    assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+    slow = brute_force_consistency(amsc, None, 1.0, calibrate=False)
+    assert torch.allclose(a.double(), slow, atol=1e-5, equal_nan=True)
+    calibrated = random_amsc(AMSCConfig(conf_k=4, calibrate=True))
+    c1 = calibrated.consistency(torch.randn(amsc.n_items, 5), 1.0)
+    c2 = calibrated.consistency(torch.randn(amsc.n_items, 5), 1.0)
+    assert not torch.allclose(torch.nan_to_num(c1), torch.nan_to_num(c2))
+
+
+def test_cross_modal_confidence_matches_set_overlap():
+    rng = np.random.default_rng(3)
+    z = {m: centred_unit(torch.tensor(rng.normal(size=(30, 5)), dtype=torch.float32))
+         for m in ("a", "b", "c")}
+    conf = cross_modal_confidence(z, 4, block=7)
+    dense = {m: (v @ v.t()).fill_diagonal_(-np.inf).topk(4, dim=1).indices for m, v in z.items()}
+    for i in range(30):
+        pairs = [("a", "b"), ("a", "c"), ("b", "c")]
+        expect = np.mean([len(set(dense[x][i].tolist()) & set(dense[y][i].tolist())) / 4
+                          for x, y in pairs])
+        assert conf[i].item() == pytest.approx(expect)
+
+
+def test_blockwise_knn_equals_dense_topk():
+    z = centred_unit(torch.randn(50, 8))
+    dense = (z @ z.t()).fill_diagonal_(-np.inf).topk(5, dim=1).indices
+    for block in (1, 7, 50, 1000):
+        assert torch.equal(knn_indices(z, 5, block), dense)
+
+
+def test_centring_keeps_missing_rows_zero():
+    x = torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, 1.0], [2.0, 2.0]])
+    z = centred_unit(x)
+    assert torch.equal(z[1], torch.zeros(2))
+    assert torch.allclose(z[[0, 2, 3]].norm(dim=1), torch.ones(3))
+
+
+def test_informative_modality_gets_more_weight():
+    from guider.config import ModalityConfig, SyntheticConfig
+    from guider.data import generate
+
+    data = generate(SyntheticConfig(n_users=400, n_items=300, seed=1, modalities={
+        "good": ModalityConfig(16, 0.9), "noise": ModalityConfig(16, 0.0)}))
+    amsc = AMSC(AMSCConfig(), data.features, data.train.users, data.train.items,
+                data.n_users, data.n_items, 0)
+    gaps = dict(zip(amsc.modalities, amsc.gap.tolist()))
+    alpha = dict(zip(amsc.modalities, amsc.alpha.tolist()))
+    assert gaps["good"] > 0.05 > abs(gaps["noise"])
+    assert alpha["good"] > 0.8
+
+
+def test_schedule_and_per_user_standardisation():
+    amsc = random_amsc(AMSCConfig(conf_k=4, warmup_epochs=10, rho_max=0.2, per_user=True))
+    assert amsc.schedule(0) == (0.0, 0.0)
+    assert amsc.schedule(5) == pytest.approx((0.5, 0.1))
+    assert amsc.schedule(50) == pytest.approx((1.0, 0.2))
+    c, flagged = amsc.refresh(torch.randn(amsc.n_items, 4), epoch=0)
+    assert not flagged.any()  # rho(0) = 0
+    c, flagged = amsc.refresh(torch.randn(amsc.n_items, 4), epoch=10)
+    big = amsc.n_u[amsc.users] >= 3
+    for u in torch.unique(amsc.users[big]).tolist():
+        cu = c[amsc.users == u]
+        assert abs(float(cu.mean())) < 1e-4
+    valid = ~torch.isnan(c)
+    assert abs(float(flagged.sum()) / int(valid.sum()) - 0.2) < 0.05
+
+
+# --- distillation -----------------------------------------------------------------------
+
+def test_batched_sinkhorn_matches_pot_per_user():
+    torch.manual_seed(0)
+    M = transport_cost(torch.randn(40, 8)).double()
+    p = torch.softmax(torch.randn(6, 40, dtype=torch.float64) * 2, 1)
+    q = torch.softmax(torch.randn(6, 40, dtype=torch.float64) * 2, 1)
+    cost, f, _ = sinkhorn(p, q, M, 0.05, 5000, 1e-10)
+    for b in range(6):
+        ref = ot.sinkhorn2(p[b], q[b], M, 0.05, numItermax=5000, stopThr=1e-10)
+        assert float(cost[b]) == pytest.approx(float(ref), rel=1e-6)
+        # the envelope gradient: POT's dual potential, defined up to a constant
+        pb = p[b].clone().requires_grad_(True)
+        ot.solve(M, pb, q[b], reg=0.05, grad="envelope", max_iter=5000, tol=1e-10).value.backward()
+        g = pb.grad - pb.grad.mean()
+        assert torch.allclose(f[b] - f[b].mean(), g, atol=1e-6)
+
+
+def test_ot_loss_value_matches_pot_and_gradient_reaches_only_the_student():
+    torch.manual_seed(1)
+    cfg = KDConfig(users=4, items=12, sinkhorn_iters=3000, sinkhorn_tol=1e-10)
+    su = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    si = torch.randn(20, 5, dtype=torch.float64, requires_grad=True)
+    tu = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    ti = torch.randn(20, 5, dtype=torch.float64, requires_grad=True)
+    batch = Batch(torch.tensor([0, 1, 2, 3, 4, 5]), torch.arange(6), torch.arange(6, 12),
+                  torch.arange(6))
+    distiller = Distiller(cfg, 20, seed=0)
+    loss = distiller.loss(batch, su, si, tu, ti)
+    # recompute with POT on the same users and candidates
+    users, cand = Distiller(cfg, 20, seed=0).sample(batch)
+    p = torch.softmax((su[users] @ si[cand].t()).detach(), 1)
+    q = torch.softmax((tu[users] @ ti[cand].t()).detach(), 1)
+    M = transport_cost(ti[cand].detach())
+    ref = np.mean([float(ot.sinkhorn2(p[b], q[b], M, cfg.eps, numItermax=3000, stopThr=1e-10))
+                   for b in range(len(users))])
+    assert float(loss.detach()) == pytest.approx(ref, rel=1e-6)
+    loss.backward()
+    assert su.grad is not None and su.grad.abs().sum() > 0
+    assert si.grad is not None and si.grad.abs().sum() > 0
+    assert tu.grad is None and ti.grad is None
+
+
+def test_ot_loss_pulls_student_toward_teacher():
+    torch.manual_seed(2)
+    M = transport_cost(torch.randn(30, 6))
+    t = torch.randn(8, 30) * 3
+    s = torch.randn(8, 30, requires_grad=True)
+    opt = torch.optim.SGD([s], lr=50.0)  # the envelope gradients are of the order of eps
+    cfg = KDConfig(sinkhorn_iters=200)
+
+    def gap():
+        return float((torch.softmax(s.detach(), 1) - torch.softmax(t, 1)).abs().sum(1).mean())
+
+    first_gap, first_loss = gap(), float(ot_loss(s, t, M, cfg).detach())
+    for _ in range(200):
+        opt.zero_grad()
+        ot_loss(s, t, M, cfg).backward()
+        opt.step()
+    assert float(ot_loss(s, t, M, cfg).detach()) < 0.3 * first_loss
+    assert gap() < 0.5 * first_gap
+
+
+def test_kl_loss_is_kl_of_teacher_to_student():
+    s, t = torch.randn(3, 7), torch.randn(3, 7)
+    p, q = torch.softmax(s, 1), torch.softmax(t, 1)
+    expect = (q * (q.log() - p.log())).sum(1).mean()
+    assert float(kl_loss(s, t, KDConfig())) == pytest.approx(float(expect), rel=1e-5)
+
+
+def test_candidates_include_batch_items_and_top_up():
+    batch = Batch(torch.tensor([0, 1, 1]), torch.tensor([2, 3, 4]), torch.tensor([5, 6, 7]),
+                  torch.arange(3))
+    users, cand = Distiller(KDConfig(users=256, items=10), 50, seed=0).sample(batch)
+    assert sorted(users.tolist()) == [0, 1]
+    assert len(cand) == 10 and len(set(cand.tolist())) == 10
+    assert {2, 3, 4, 5, 6, 7} <= set(cand.tolist())
+
+
+# --- detection metrics ------------------------------------------------------------------
+
+def test_detection_auc_hand_worked():
+    # positives score 0.9 and 0.4; negatives 0.8, 0.3, 0.1 -> pairs won: (0.9 > all 3) + (0.4 > 2) = 5 of 6
+    scores = np.array([0.9, 0.8, 0.4, 0.3, 0.1])
+    labels = np.array([True, False, True, False, False])
+    assert detection_auc(scores, labels) == pytest.approx(5 / 6)
+    assert detection_auc(np.ones(4), np.array([1, 0, 1, 0], bool)) == pytest.approx(0.5)
+    out = detection_metrics(scores, scores > 0.35, labels)
+    assert out["precision"] == pytest.approx(2 / 3) and out["recall"] == pytest.approx(1.0)
+
+
+# --- the in-sync loop and the ablation switches --------------------------------------------
+
+GUIDER_FAST = ("denoise=guider", "denoise.amsc.warmup_epochs=2", "train.lr=0.01",
+               "denoise.teacher_lr=0.01")
+
+
+def test_without_kd_and_dbpr_student_trains_exactly_as_no_denoiser(tiny_cfg, tmp_path):
+    plain = run(tiny_cfg("train.lr=0.01"), tmp_path / "none")
+    guided = run(tiny_cfg(*GUIDER_FAST, "denoise.kd.type=none", "denoise.dbpr.enabled=false"),
+                 tmp_path / "guider")
+    assert plain["test"] == guided["test"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "none" / "history.csv"),
+                                  pd.read_csv(tmp_path / "guider" / "history.csv"))
+
+
+def test_full_guider_changes_training_and_reports_detection(tiny_cfg, tmp_path):
+    plain = run(tiny_cfg("train.lr=0.01"), tmp_path / "none")
+    guided = run(tiny_cfg(*GUIDER_FAST), tmp_path / "guider")
+    assert plain["test"] != guided["test"]
+    det = guided["detection"]
+    assert det["n_noisy"] > 0 and det["auc"] > 0.5
+    assert 0 < det["n_flagged"] < det["n_train"]
+    assert set(guided["denoiser"]["modality_weights"]) == {"image", "text"}
+
+
+def test_guider_flags_noise_better_than_chance(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(*GUIDER_FAST, "dataset.synthetic.n_users=800", "dataset.synthetic.n_items=400",
+                   "dataset.synthetic.mean_interactions=20", "train.epochs=6")
+    metrics = run(cfg, tmp_path)
+    det = metrics["detection"]
+    assert det["auc"] > 0.65
+    base_rate = det["n_noisy"] / det["n_train"]
+    assert det["precision"] > 2 * base_rate
+
+
+def switches(tiny_cfg, *extra):
+    job = prepare(tiny_cfg(*GUIDER_FAST, *extra))
+    return job, job.denoiser
+
+
+def one_batch(job):
+    d = job.data
+    n = len(d.train)
+    return Batch(torch.as_tensor(d.train.users[:64]), torch.as_tensor(d.train.items[:64]),
+                 torch.as_tensor((d.train.items[:64] + 1) % d.n_items), torch.arange(64)), n
+
+
+def test_ablation_dbpr_disabled_means_omega_one_and_no_amsc(tiny_cfg):
+    job, g = switches(tiny_cfg, "denoise.dbpr.enabled=false")
+    g.on_epoch(5)
+    batch, _ = one_batch(job)
+    assert g.amsc is None and bool((g.omega == 1).all())
+    assert g.weights(batch, torch.zeros(64)) is None
+    assert g.noise_scores() is None
+
+
+def test_ablation_false_weight_and_student_dbpr(tiny_cfg):
+    job, g = switches(tiny_cfg, "denoise.dbpr.false_weight=0.5")
+    g.on_epoch(5)
+    assert set(torch.unique(g.omega).tolist()) == {0.5, 1.0}
+    assert int((g.omega == 0.5).sum()) == int(g.false_mask.sum()) > 0
+    batch, _ = one_batch(job)
+    assert torch.equal(g.weights(batch, torch.zeros(64)), g.omega[:64])
+    job, g = switches(tiny_cfg, "denoise.student_dbpr=false")
+    g.on_epoch(5)
+    assert g.weights(batch, torch.zeros(64)) is None and (g.omega == 0).any()
+
+
+def test_ablation_kd_types(tiny_cfg):
+    job, g = switches(tiny_cfg, "denoise.kd.type=none")
+    batch, _ = one_batch(job)
+    g.step(batch)
+    job.model.losses(batch)
+    assert g.extra_loss(batch, job.model) == {}
+    values = {}
+    for kind in ("ot", "kl"):
+        job, g = switches(tiny_cfg, f"denoise.kd.type={kind}")
+        g.step(batch)
+        job.model.losses(batch)
+        values[kind] = float(g.extra_loss(batch, job.model)["kd"])
+    assert values["ot"] > 0 and values["kl"] > 0 and values["ot"] != values["kl"]
+
+
+def test_ablation_teacher_choice(tiny_cfg):
+    _, g = switches(tiny_cfg, "denoise.teacher=mf")
+    assert isinstance(g.teacher, MF)
+    _, g = switches(tiny_cfg)
+    assert type(g.teacher).__name__ == "LightGCN" and g.teacher.cfg.n_layers == 2
+    with pytest.raises(ValueError, match="denoise.teacher"):
+        switches(tiny_cfg, "denoise.teacher=vbpr")
+
+
+def test_ablation_calibrate_flag_reaches_amsc(tiny_cfg):
+    _, g = switches(tiny_cfg, "denoise.amsc.calibrate=false")
+    assert g.amsc.cfg.calibrate is False
+
+
+def test_teacher_does_not_shift_student_initialisation(tiny_cfg):
+    a = prepare(tiny_cfg())
+    b = prepare(tiny_cfg(*GUIDER_FAST))
+    assert torch.equal(a.model.embedding.weight, b.model.embedding.weight)
+    assert not torch.equal(b.model.embedding.weight[:10, :5], b.denoiser.teacher.embedding.weight[:10, :5])
+
+
+def test_guider_needs_features():
+    with pytest.raises(ValueError, match="needs item features"):
+        AMSC(AMSCConfig(), {}, np.array([0, 0]), np.array([0, 1]), 1, 2, 0)
+
+
+def test_guider_resume_matches_uninterrupted(tiny_cfg, tmp_path):
+    overrides = (*GUIDER_FAST, "train.epochs=4", "train.patience=100")
+    full = run(tiny_cfg(*overrides), tmp_path / "full")
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch):
+        if epoch == 1:
+            raise Stop
+
+    job = prepare(tiny_cfg(*overrides))
+    with pytest.raises(Stop):
+        fit(job.model, job.denoiser, job.data, job.root.train, job.root.eval, job.device,
+            job.root.seed, tmp_path / "resumed", job.fingerprint, on_epoch_end=stop)
+    resumed = run(tiny_cfg(*overrides, "train.resume=true"), tmp_path / "resumed")
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
+    assert resumed["detection"] == full["detection"]
