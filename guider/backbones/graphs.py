@@ -112,3 +112,110 @@ def user_item_matrix(users: torch.Tensor, items: torch.Tensor, n_users: int, n_i
     r = torch.sparse_coo_tensor(torch.stack([users, items]), vals, (n_users, n_items),
                                 check_invariants=False).coalesce()
     return r.to_sparse_csr()
+
+
+# --- Frozen kNN item-item graphs, sparse products with a non-symmetric matrix, and
+# --- degree-sensitive edge pruning (FREEDOM, Zhou & Shen, ACM MM 2023).
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Scale each row to unit L2 length (no centring); an all-zero row stays zero. Inner
+    products of the result are cosine similarities."""
+    x = x.float()
+    norm = x.norm(dim=1, keepdim=True)
+    return torch.where(norm > 0, x / norm.clamp(min=1e-12), torch.zeros_like(x))
+
+
+def knn_graph(z: torch.Tensor, k: int, block_size: int = 2048,
+              exclude_self: bool = False) -> torch.Tensor:
+    """Frozen kNN graph of the rows of ``z`` (unit rows: cosine similarity) as a sparse CSR
+    (n, n) tensor: S_ij = 1 when j is among the k rows most similar to i (top-k per row, so the
+    graph is not symmetric), then normalised D^-1/2 S D^-1/2 with D the row sums (FREEDOM Eq. 3;
+    every row has exactly k entries). The similarities are computed ``block_size`` rows at a time
+    (``knn_indices``), so no n x n matrix is ever formed. With ``exclude_self=False`` (FREEDOM's
+    top-k over the full similarity row) an item is usually its own first neighbour."""
+    n = z.shape[0]
+    nbrs = knn_indices(z, k, block_size, exclude_self=exclude_self).to(z.device)
+    kk = nbrs.shape[1]
+    rows = torch.arange(n, device=z.device).repeat_interleave(kk)
+    cols = nbrs.reshape(-1)
+    ones = torch.ones(len(rows), device=z.device)
+    deg = torch.zeros(n, device=z.device).index_add_(0, rows, ones)
+    dinv = deg.pow(-0.5)
+    dinv[deg == 0] = 0.0
+    vals = dinv[rows] * dinv[cols]
+    s = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n),
+                                check_invariants=False).coalesce()
+    return s.to_sparse_csr()
+
+
+def mix_graphs(graphs: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """Weighted sum sum_m w_m S^m of sparse (n, n) matrices (COO or CSR) as one sparse CSR
+    matrix; entries present in several graphs add up."""
+    if len(graphs) != len(weights) or not graphs:
+        raise ValueError(f"mix_graphs needs one weight per graph (got {len(graphs)} graphs and "
+                         f"{len(weights)} weights)")
+    idx, vals = [], []
+    for g, w in zip(graphs, weights):
+        coo = g.to_sparse_coo().coalesce() if g.layout != torch.sparse_coo else g.coalesce()
+        idx.append(coo.indices())
+        vals.append(coo.values() * float(w))
+    mixed = torch.sparse_coo_tensor(torch.cat(idx, 1), torch.cat(vals), graphs[0].shape,
+                                    check_invariants=False).coalesce()
+    return mixed.to_sparse_csr()
+
+
+def transpose_csr(adj: torch.Tensor) -> torch.Tensor:
+    """The transpose of a sparse matrix, materialised in CSR (for fast backward products)."""
+    coo = adj.to_sparse_coo().coalesce() if adj.layout != torch.sparse_coo else adj.coalesce()
+    t = torch.sparse_coo_tensor(coo.indices().flip(0), coo.values(), (adj.shape[1], adj.shape[0]),
+                                check_invariants=False).coalesce()
+    return t.to_sparse_csr()
+
+
+class _SparseMM(torch.autograd.Function):
+    """y = A x for any sparse A; the backward pass is A^T grad with A^T precomputed in CSR."""
+
+    @staticmethod
+    def forward(ctx, adj, adj_t, x):
+        ctx.adj_t = adj_t
+        return adj @ x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None, ctx.adj_t @ grad
+
+
+def spmm(adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Multiply by a sparse, not necessarily symmetric, matrix ``adj`` (``adj_t`` its transpose,
+    e.g. from ``transpose_csr``), differentiable in x."""
+    if not x.requires_grad:
+        return adj @ x
+    return _SparseMM.apply(adj, adj_t, x)
+
+
+def degree_sensitive_prune(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
+                           keep_ratio: float,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """FREEDOM's degree-sensitive edge pruning: indices of round(keep_ratio * |E|) user-item
+    edges drawn without replacement with probability proportional to 1 / (sqrt(d_u) sqrt(d_i))
+    (degrees in the given edge list), so edges between high-degree nodes are dropped more often.
+
+    Vectorised weighted sampling without replacement (exponential races, the Gumbel top-k trick;
+    the same law as sequential draws with torch.multinomial): the kept edges are the smallest
+    E_e / w_e with E_e ~ Exp(1). Runs where ``users`` lives; a ``generator`` must be on that
+    device. Returns the kept indices in increasing order."""
+    users = torch.as_tensor(users, dtype=torch.long)
+    items = torch.as_tensor(items, dtype=torch.long)
+    if not 0.0 <= keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio={keep_ratio}: must lie in [0, 1]")
+    n_edges = len(users)
+    n_keep = min(n_edges, int(round(keep_ratio * n_edges)))
+    if n_keep == n_edges:
+        return torch.arange(n_edges, device=users.device)
+    du = torch.bincount(users, minlength=n_users).float()
+    di = torch.bincount(items, minlength=n_items).float()
+    w = du[users].rsqrt() * di[items].rsqrt()
+    race = torch.empty(n_edges, device=users.device).exponential_(generator=generator) / w
+    kept = race.topk(n_keep, largest=False, sorted=False).indices
+    return kept.sort().values
