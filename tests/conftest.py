@@ -61,3 +61,24 @@ def shared_dataset(name: str) -> Path:
         pytest.skip(f"real dataset '{name}' not found at {folder} (it exists on developer and CI "
                     f"machines only)")
     return SHARED_DATA
+
+
+class Interrupt(Exception):
+    """Raised from a training callback to simulate a run killed after some epoch."""
+
+
+def run_interrupted_then_resumed(make_cfg, overrides, run_dir: Path, stop_epoch: int) -> dict:
+    """Train with ``overrides`` until the end of ``stop_epoch``, interrupt, then resume in the
+    same folder with train.resume=true; returns the resumed run's metrics."""
+    from guider.pipeline import prepare, run
+    from guider.training import fit
+
+    def stop(epoch: int) -> None:
+        if epoch == stop_epoch:
+            raise Interrupt
+
+    job = prepare(make_cfg(*overrides))
+    with pytest.raises(Interrupt):
+        fit(job.model, job.denoiser, job.data, job.root.train, job.root.eval, job.device,
+            job.root.seed, run_dir, job.fingerprint, on_epoch_end=stop)
+    return run(make_cfg(*overrides, "train.resume=true"), run_dir)

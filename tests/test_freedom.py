@@ -16,7 +16,10 @@ from guider.config import ModalityConfig, SyntheticConfig
 from guider.data import BPRSampler, Interactions, generate
 from guider.denoise import build_denoiser
 from guider.pipeline import prepare, run, validate
+
 from guider.training import fit
+
+from .conftest import run_interrupted_then_resumed
 
 LR_FAST = "train.lr=0.01"
 # the schema's default modalities (image, text) always merge in, so the synthetic set is
@@ -252,18 +255,7 @@ def test_freedom_resume_matches_uninterrupted_run(tiny_cfg, tmp_path):
     overrides = ("backbone=freedom", "train.epochs=4", LR_FAST, "train.patience=100")
     full = run(tiny_cfg(*overrides), tmp_path / "full")
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_one(epoch: int) -> None:
-        if epoch == 1:
-            raise Interrupt
-
-    job = prepare(tiny_cfg(*overrides))
-    with pytest.raises(Interrupt):
-        fit(job.model, job.denoiser, job.data, job.root.train, job.root.eval, job.device,
-            job.root.seed, tmp_path / "resumed", job.fingerprint, on_epoch_end=stop_after_one)
-    resumed = run(tiny_cfg(*overrides, "train.resume=true"), tmp_path / "resumed")
+    resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed", stop_epoch=1)
     assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full" / "history.csv"),
                                   pd.read_csv(tmp_path / "resumed" / "history.csv"))

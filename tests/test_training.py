@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from guider.backbones import BACKBONES
-from guider.pipeline import prepare, run
-from guider.training import NonFiniteLoss, fit
+from guider.pipeline import run
+from guider.training import NonFiniteLoss
+
+from .conftest import run_interrupted_then_resumed
 
 LR_FAST = "train.lr=0.01"
 
@@ -75,18 +77,7 @@ def test_resume_matches_uninterrupted_run(tiny_cfg, tmp_path):
     overrides = ("train.epochs=6", LR_FAST, "train.patience=100")
     full = run(tiny_cfg(*overrides), tmp_path / "full")
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_two(epoch: int) -> None:
-        if epoch == 2:
-            raise Interrupt
-
-    job = prepare(tiny_cfg(*overrides))
-    with pytest.raises(Interrupt):
-        fit(job.model, job.denoiser, job.data, job.root.train, job.root.eval, job.device,
-            job.root.seed, tmp_path / "resumed", job.fingerprint, on_epoch_end=stop_after_two)
-    resumed = run(tiny_cfg(*overrides, "train.resume=true"), tmp_path / "resumed")
+    resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed", stop_epoch=2)
     assert resumed["epochs_run"] == full["epochs_run"] == 6
     assert resumed["best_epoch"] == full["best_epoch"]
     assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
