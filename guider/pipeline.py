@@ -22,6 +22,7 @@ from .backbones import BACKBONES, Backbone, build_backbone
 from .config import RootConfig, check_common
 from .data import Interactions, load_data
 from .denoise import DENOISERS, Denoiser, build_denoiser
+from .evaluation import build_eval_set, evaluate
 from .evaluation.detection import detection_metrics
 from .training import fit
 
@@ -112,6 +113,23 @@ def detection(job: Job) -> dict | None:
     return detection_metrics(scores, flagged, data.train_noise)
 
 
+def auxiliary_metrics(job: Job) -> dict:
+    """Valid and test metrics of the denoiser's own recommenders (e.g. GUIDER's teacher, in its
+    final state), for diagnosis only: selection and early stopping look at the student alone."""
+    out = {}
+    scorers = job.denoiser.scorers()
+    if not scorers:
+        return out
+    d, evalc = job.data, job.root.eval
+    sets = {name: build_eval_set(d.train.users, d.train.items, split.users, split.items,
+                                 d.n_users, d.n_items)
+            for name, split in (("valid", d.valid), ("test", d.test))}
+    for name, scorer in scorers.items():
+        out[name] = {split: evaluate(scorer, es, evalc.topk, evalc.batch_users, job.device)
+                     for split, es in sets.items()}
+    return out
+
+
 def _run(cfg: DictConfig, run_dir: Path) -> dict:
     t_start = time.perf_counter()
     validate(cfg)  # fail on a bad config before writing anything
@@ -138,6 +156,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "eval_excluded": result.eval_excluded,
         "detection": detection(job),
         "denoiser": job.denoiser.summary(),
+        "auxiliary": auxiliary_metrics(job),
         "cold_start": data.info.get("cold_start"),
         "seconds": {**result.seconds, "total": time.perf_counter() - t_start},
         "versions": versions(),

@@ -272,6 +272,9 @@ def test_full_guider_changes_training_and_reports_detection(tiny_cfg, tmp_path):
     assert det["n_noisy"] > 0 and det["auc"] > 0.5
     assert 0 < det["n_flagged"] < det["n_train"]
     assert set(guided["denoiser"]["modality_weights"]) == {"image", "text"}
+    teacher = guided["auxiliary"]["teacher"]
+    assert teacher["test"]["Recall@20"] > 0 and teacher["test"] != guided["test"]
+    assert plain["auxiliary"] == {}
 
 
 def test_guider_flags_noise_better_than_chance(tiny_cfg, tmp_path):

@@ -8,7 +8,7 @@ A denoiser may (1) weight the backbone's unreduced main term per sample, (2) add
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -53,6 +53,11 @@ class Denoiser:
     def flagged(self) -> np.ndarray | None:
         """Boolean mask of the training interactions it currently treats as noise, if any."""
         return None
+
+    def scorers(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Block scorers of the denoiser's own recommenders (GUIDER's teacher), evaluated
+        after training next to the student for diagnosis."""
+        return {}
 
     def summary(self) -> dict[str, Any]:
         """Extra numbers for metrics.json (e.g. modality weights)."""

@@ -128,6 +128,10 @@ class Guider(Denoiser):
         c[nan] = (c[~nan].max() + 1.0) if (~nan).any() else 0.0
         return (-c).numpy()
 
+    def scorers(self) -> dict:
+        self.teacher.eval()
+        return {"teacher": self.teacher.scorer()}
+
     def flagged(self) -> np.ndarray | None:
         return self.false_mask.numpy() if self.amsc is not None else None
 
