@@ -19,6 +19,9 @@ TINY_SYNTHETIC = [
     "dataset.synthetic.mean_interactions=12",
 ]
 SHORT = [
+    "backbone=lightgcn",  # the defaults are FREEDOM + GUIDER; most tests want the plain loop
+    "denoise=none",
+    "train.lr=0.001",
     "train.epochs=4",
     "train.batch_size=512",
     "train.progress=false",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, SHORT, TINY
+from .conftest import REPO, SHORT, TINY, TINY_SYNTHETIC
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +29,16 @@ def test_single_run_end_to_end(tmp_path):
     assert metrics["status"] == "completed" and metrics["epochs_run"] == 4
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
     assert (tmp_path / "train.log").stat().st_size > 0
+
+
+def test_default_job_is_freedom_with_guider(tmp_path):
+    out = guider_train(*TINY_SYNTHETIC, "train.epochs=2", "train.progress=false",
+                       f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    assert "synthetic / freedom / denoise=guider: test Recall@20" in out.stdout
+    assert "detection AUC" in out.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["detection"]["auc"] is not None and metrics["auxiliary"]["teacher"]["test"]
 
 
 def test_multirun_keeps_going_when_one_run_fails(tmp_path):

@@ -42,8 +42,11 @@ def test_every_registered_model_has_a_yaml_and_back():
 
 def test_defaults():
     cfg = compose_config()
-    assert cfg.dataset.name == "synthetic" and cfg.backbone.name == "lightgcn"
-    assert cfg.denoise.name == "none" and cfg.noise.type == "none"
+    assert cfg.dataset.name == "synthetic" and cfg.backbone.name == "freedom"
+    assert cfg.denoise.name == "guider" and cfg.noise.type == "none"
+    assert cfg.train.lr == pytest.approx(5e-3)  # the synthetic set's own rate
+    assert compose_config(["dataset=synthetic", "train.lr=0.002"]).train.lr == pytest.approx(2e-3)
+    cfg = compose_config(["dataset=baby"])
     assert cfg.train.batch_size == 2048 and cfg.train.lr == pytest.approx(1e-3)
     assert cfg.train.eval_every == 1 and cfg.train.patience == 20 and cfg.train.resume is False
     assert list(cfg.eval.topk) == [5, 10, 20, 50] and cfg.eval.valid_metric == "Recall@20"
@@ -67,7 +70,7 @@ def test_unknown_backbone_key_fails_naming_it():
 
 
 def test_wrong_backbone_type_fails_naming_key():
-    cfg = compose_config(["backbone.n_layers=two"])
+    cfg = compose_config(["backbone=lightgcn", "backbone.n_layers=two"])
     with pytest.raises(ValidationError, match="n_layers"):
         validate(cfg)
 
