@@ -1,8 +1,10 @@
 """Speed and memory of training and full-ranking evaluation (a benchmark, not a test).
 
     python scripts/benchmark.py --data-dir ../shared/data --dataset baby --backbones mf lightgcn
+    python scripts/benchmark.py --dataset tiktok --backbones lightgcn freedom --denoisers none guider \
+        --overrides noise=random noise.ratio=0.2
 
-For each backbone, in a fresh subprocess: seconds per training epoch (mean over --epochs epochs),
+For each backbone x denoiser, in a fresh subprocess: seconds per training epoch (mean over --epochs epochs),
 seconds per full validation pass (median of --evals passes: score all valid users against all
 items, mask training items, top-k, metrics), and the process's peak resident memory.
 """
@@ -22,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def measure(dataset: str, backbone: str, data_dir: str, epochs: int, evals: int) -> dict:
+def measure(dataset: str, backbone: str, denoise: str, data_dir: str, epochs: int, evals: int,
+            overrides: list[str]) -> dict:
     import tempfile
 
     import torch
@@ -37,7 +40,8 @@ def measure(dataset: str, backbone: str, data_dir: str, epochs: int, evals: int)
     register_schemas()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[
-            f"dataset={dataset}", f"backbone={backbone}", f"data_dir={data_dir}", "device=cpu",
+            f"dataset={dataset}", f"backbone={backbone}", f"denoise={denoise}",
+            f"data_dir={data_dir}", "device=cpu", *overrides,
             f"train.epochs={epochs}", f"train.eval_every={epochs}", "train.progress=false",
             "train.save_checkpoints=false"])
     job = prepare(cfg)
@@ -54,7 +58,8 @@ def measure(dataset: str, backbone: str, data_dir: str, epochs: int, evals: int)
         evaluate(job.model.scorer(), valid, job.root.eval.topk, job.root.eval.batch_users)
         times.append(time.perf_counter() - t)
     return {
-        "dataset": dataset, "backbone": backbone, "threads": torch.get_num_threads(),
+        "dataset": dataset, "backbone": backbone, "denoise": denoise,
+        "threads": torch.get_num_threads(),
         "n_train": len(d.train), "n_eval_users": len(valid.users),
         "epoch_s": result.seconds["train"] / epochs,
         "eval_pass_s": statistics.median(times),
@@ -68,25 +73,31 @@ def main() -> None:
     ap.add_argument("--data-dir", default="../shared/data")
     ap.add_argument("--dataset", default="baby")
     ap.add_argument("--backbones", nargs="+", default=["mf", "lightgcn"])
+    ap.add_argument("--denoisers", nargs="+", default=["none"])
+    ap.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--evals", type=int, default=5)
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--one-denoise", default="none", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(args.dataset, args.one, args.data_dir, args.epochs, args.evals)))
+        print(json.dumps(measure(args.dataset, args.one, args.one_denoise, args.data_dir,
+                                 args.epochs, args.evals, args.overrides)))
         return
     rows = []
     for name in args.backbones:
-        print(f"measuring {name} on {args.dataset} ...", file=sys.stderr, flush=True)
-        out = subprocess.run([sys.executable, __file__, "--one", name, "--dataset", args.dataset,
-                              "--data-dir", args.data_dir, "--epochs", str(args.epochs),
-                              "--evals", str(args.evals)],
-                             check=True, capture_output=True, text=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{'backbone':<10} {'s/epoch':>8} {'s/valid pass':>13} {'peak RSS MB':>12} "
+        for denoise in args.denoisers:
+            print(f"measuring {name} + {denoise} on {args.dataset} ...", file=sys.stderr, flush=True)
+            out = subprocess.run([sys.executable, __file__, "--one", name, "--one-denoise", denoise,
+                                  "--dataset", args.dataset, "--data-dir", args.data_dir,
+                                  "--epochs", str(args.epochs), "--evals", str(args.evals),
+                                  "--overrides", *args.overrides],
+                                 check=True, capture_output=True, text=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"{'backbone':<10} {'denoise':<8} {'s/epoch':>8} {'s/valid pass':>13} {'peak RSS MB':>12} "
           f"{'train rows':>11} {'eval users':>11} threads")
     for r in rows:
-        print(f"{r['backbone']:<10} {r['epoch_s']:8.3f} {r['eval_pass_s']:13.3f} "
+        print(f"{r['backbone']:<10} {r['denoise']:<8} {r['epoch_s']:8.3f} {r['eval_pass_s']:13.3f} "
               f"{r['peak_rss_mb']:12.0f} {r['n_train']:11d} {r['n_eval_users']:11d} {r['threads']}")
 
 
