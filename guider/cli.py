@@ -9,9 +9,10 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import register_schemas
+from .reporting import prepare_sweep_job, set_threads  # also registers ${guider_run_id:}
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("guider")
@@ -39,15 +40,30 @@ def main(cfg: DictConfig) -> float | None:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
+        threads = set_threads(int(cfg.threads), OmegaConf.to_container(hc.launcher, resolve=True))
+        log.info("torch threads: %d", threads)
+        if multirun:  # skip a completed run of this config; resume an unfinished one
+            done = prepare_sweep_job(cfg, run_dir)
+            if done is not None:
+                print(summary_line(done) + "  [skipped: already completed]")
+                print(f"outputs: {run_dir}")
+                return (done.get("valid") or {}).get(cfg.eval.valid_metric)
         metrics = run(cfg, run_dir)
     except (DataError, NonFiniteLoss, ValueError, KeyError) as exc:
         write_failure(run_dir, exc)
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         log.error("run failed: %s", message)
-        if hc.mode == RunMode.MULTIRUN:
+        if multirun:
             return None  # the other runs of the sweep go on; the failure is in metrics.json
         sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - unexpected: keep the sweep going, record it
+        if not multirun:
+            raise
+        write_failure(run_dir, exc)
+        log.exception("run failed with an unexpected error (recorded in %s/metrics.json)", run_dir)
+        return None
     print(summary_line(metrics))
     print(f"outputs: {run_dir}")
     return metrics["valid"].get(cfg.eval.valid_metric)

@@ -77,6 +77,9 @@ class TrainConfig:
     resume: bool = False
     save_checkpoints: bool = True
     progress: bool = True  # tqdm bars
+    # In a sweep (-m): a run folder already holding a completed run of the same resolved config
+    # is skipped (its metrics.json is reused); false retrains it from scratch.
+    skip_completed: bool = True
 
 
 @dataclass
@@ -91,6 +94,9 @@ class RootConfig:
     seed: int = 0
     data_dir: str = "data"
     device: str = "auto"  # auto | cpu | cuda
+    # torch intra-op threads per run; 0 = auto (the cores this process may use divided by the
+    # number of jobs the launcher runs at once, capped by OMP_NUM_THREADS when set)
+    threads: int = 0
     dataset: Any = MISSING
     backbone: Any = MISSING
     denoise: Any = MISSING

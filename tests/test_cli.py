@@ -44,7 +44,7 @@ def test_default_job_is_freedom_with_guider(tmp_path):
 def test_multirun_keeps_going_when_one_run_fails(tmp_path):
     # the second run reads the synthetic name from a (missing) folder instead of generating it
     out = guider_train("-m", *TINY, "dataset.kind=synthetic,mmrec", f"data_dir={tmp_path / 'nowhere'}",
-                       f"hydra.sweep.dir={tmp_path}")
+                       f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${hydra.job.num}")
     assert out.returncode == 0, out.stderr
     ok = json.loads((tmp_path / "0" / "metrics.json").read_text())
     failed = json.loads((tmp_path / "1" / "metrics.json").read_text())

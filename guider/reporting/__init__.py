@@ -1,0 +1,18 @@
+"""Sweeps: run identity and robustness (``runs``), the summary table and figures (``summary``),
+and the Hydra callback that writes the summary after every multirun (``callback``)."""
+
+from __future__ import annotations
+
+from .runs import (config_hash, prepare_sweep_job, register_resolvers, run_id, set_threads)
+
+register_resolvers()  # ${guider_run_id:} must exist wherever Hydra resolves hydra.sweep.subdir
+
+__all__ = ["config_hash", "prepare_sweep_job", "register_resolvers", "run_id", "set_threads",
+           "summarize"]
+
+
+def summarize(*args, **kwargs):
+    """See :func:`guider.reporting.summary.summarize` (pandas and matplotlib load on first use)."""
+    from .summary import summarize as _summarize
+
+    return _summarize(*args, **kwargs)

@@ -1,0 +1,206 @@
+"""Run identity and sweep robustness: the config hash, the per-config sweep folder, skipping
+completed runs, resuming interrupted ones, and torch threads per parallel job."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger("guider")
+
+# Keys that do not change what a run computes: they are left out of the config hash, so a run
+# resumed with train.resume=true or rerun without progress bars keeps its identity.
+HASH_EXCLUDE = ("hydra", "train.resume", "train.progress", "train.skip_completed", "threads")
+
+
+def _plain(cfg: Any) -> dict:
+    """A resolved, plain-dict copy of a task config (without the ``hydra`` node)."""
+    if isinstance(cfg, DictConfig):
+        return {key: (OmegaConf.to_container(cfg[key], resolve=True)
+                      if OmegaConf.is_config(cfg[key]) else cfg[key])
+                for key in cfg.keys() if key != "hydra"}
+    return copy.deepcopy(dict(cfg))
+
+
+def config_hash(cfg: Any, length: int = 12) -> str:
+    """Hash of the resolved configuration, without the keys in ``HASH_EXCLUDE``.
+
+    Accepts a DictConfig (the task config, or a full config with a ``hydra`` node) or the plain
+    dict of a saved ``config.yaml``; both give the same hash for the same run."""
+    data = _plain(cfg)
+    for dotted in HASH_EXCLUDE:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(text)).strip("_") or "x"
+
+
+def run_id(cfg: Any) -> str:
+    """Folder name of one run in a sweep: readable identity plus the config hash, e.g.
+    ``synthetic-lightgcn-guider-random0.2-seed1-3fa2c1d9e0b4``."""
+    plain = _plain(cfg)
+
+    def get(path: str, default: Any = "") -> Any:
+        node: Any = plain
+        for part in path.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    noise = str(get("noise.type", "none"))
+    if noise != "none":
+        noise += f"{get('noise.ratio', '')}"
+    parts = [get("dataset.name"), get("backbone.name"), get("denoise.name"), noise,
+             f"seed{get('seed')}", config_hash(plain)]
+    return "-".join(_slug(p) for p in parts if p != "")
+
+
+def _run_id_resolver(*, _root_: DictConfig) -> str:
+    try:
+        return run_id(_root_)
+    except Exception:  # e.g. an interpolation that cannot resolve: the job itself fails and
+        # records why; its folder must still exist, so fall back to Hydra's job number
+        return f"unresolved-job{OmegaConf.select(_root_, 'hydra.job.num', default='x')}"
+
+
+def register_resolvers() -> None:
+    """``${guider_run_id:}``: used by ``hydra.sweep.subdir`` (conf/config.yaml)."""
+    if not OmegaConf.has_resolver("guider_run_id"):
+        OmegaConf.register_new_resolver("guider_run_id", _run_id_resolver)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def saved_hash(run_dir: Path) -> str | None:
+    """Hash of the resolved config.yaml a run wrote into its folder (None when absent)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return config_hash(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    except Exception:  # an unreadable config.yaml: treat the folder as foreign
+        return None
+
+
+def prepare_sweep_job(cfg: DictConfig, run_dir: str | Path) -> dict | None:
+    """Decide what one job of a sweep does with what its folder already holds.
+
+    - a completed run of the same config (same hash) and ``train.skip_completed``: return its
+      metrics (the caller skips training);
+    - a completed run of the same config and ``train.skip_completed=false``: retrain from scratch;
+    - an unfinished run of the same config (``checkpoints/last.pt``, no completed metrics.json,
+      e.g. killed or failed): set ``train.resume=true`` so training continues from the checkpoint;
+    - anything else: a fresh run.
+    """
+    run_dir = Path(run_dir)
+    want = config_hash(cfg)
+    have = saved_hash(run_dir)
+    metrics = _read_json(run_dir / "metrics.json")
+    if have is None:
+        return None
+    if have != want:
+        log.warning("%s holds a run of another configuration (hash %s, this one %s); "
+                    "starting afresh there", run_dir, have, want)
+        return None
+    if metrics is not None and metrics.get("status") == "completed":
+        if cfg.train.skip_completed:
+            log.info("skipped: %s already holds a completed run of this configuration (hash %s); "
+                     "train.skip_completed=false retrains it", run_dir, want)
+            return metrics
+        log.info("train.skip_completed=false: retraining the completed run in %s from scratch", run_dir)
+        _set(cfg, "train.resume", False)
+        return None
+    if (run_dir / "checkpoints" / "last.pt").is_file() and not cfg.train.resume:
+        log.info("resuming the unfinished run in %s from checkpoints/last.pt", run_dir)
+        _set(cfg, "train.resume", True)
+    return None
+
+
+def _set(cfg: DictConfig, key: str, value: Any) -> None:
+    with read_write(cfg), open_dict(cfg):
+        OmegaConf.update(cfg, key, value, merge=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# threads
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def concurrent_jobs(launcher: Mapping | None, cores: int) -> int:
+    """How many jobs the launcher runs at once on this machine (1 for the basic launcher)."""
+    if not launcher:
+        return 1
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target.lower():
+        n = launcher.get("n_jobs")
+        if n is None:
+            return 1
+        n = int(n)
+        if n < 0:  # joblib: -1 = all cores, -2 = all but one, ...
+            n = max(1, cores + 1 + n)
+        return max(1, n)
+    return 1
+
+
+def auto_threads(launcher: Mapping | None, cores: int | None = None,
+                 env: Mapping[str, str] | None = None) -> int:
+    """Threads for one job: usable cores / jobs the launcher runs at once (joblib: n_jobs); a
+    submitit job uses its ``cpus_per_task`` (submitit_local without it: 1, as it starts every job
+    at once); ``OMP_NUM_THREADS``, when set, is an upper bound."""
+    cores = cores or usable_cores()
+    env = os.environ if env is None else env
+    target = str(launcher.get("_target_", "")) if launcher else ""
+    cpus = launcher.get("cpus_per_task") if launcher else None
+    if "submitit" in target.lower() and cpus:
+        n = int(cpus)
+    elif target.endswith("LocalLauncher"):  # submitit_local starts every job at once
+        n = 1
+    else:  # basic (one job at a time), joblib, or a SLURM job (its affinity = its CPUs)
+        n = max(1, cores // concurrent_jobs(launcher, cores))
+    omp = env.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        n = min(n, int(omp))
+    return max(1, n)
+
+
+def set_threads(threads: int, launcher: Mapping | None) -> int:
+    """Set torch's intra-op threads for this job (``threads`` > 0 wins; 0 = auto)."""
+    import torch
+
+    if threads < 0:
+        raise ValueError(f"threads={threads}: use a positive number, or 0 for automatic")
+    n = threads if threads > 0 else auto_threads(launcher)
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # only settable once, before any parallel work
+        pass
+    return n

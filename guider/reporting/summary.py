@@ -1,0 +1,452 @@
+"""Sweep summary: one table row per run folder, aggregated over seeds, as CSV, markdown and PNG.
+
+A run folder is any folder under the sweep folder holding ``metrics.json`` or Hydra's
+``.hydra/config.yaml``. Its settings come from the resolved ``config.yaml`` the run wrote
+(Hydra's ``.hydra/config.yaml`` when the run failed before writing one) and its overrides from
+``.hydra/overrides.yaml``. Failed and unfinished runs are rows like the others, with their status
+and error; they are never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+log = logging.getLogger("guider")
+
+# Columns that name what a run is; shown when they vary across the runs of the folder.
+IDENTITY = {
+    "dataset": "dataset.name",
+    "backbone": "backbone.name",
+    "denoise": "denoise.name",
+    "noise": "noise.type",
+    "noise.ratio": "noise.ratio",
+}
+# Overrides that never change a result (resources, resuming, progress bars, paths).
+IGNORED_OVERRIDES = {"train.resume", "train.progress", "train.skip_completed", "threads",
+                     "experiment", "device"}
+# Metrics aggregated in summary.csv / summary.md: (column, label, higher is better).
+DEFAULT_METRICS = (
+    ("valid.Recall@20", "valid Recall@20", True),
+    ("test.Recall@20", "test Recall@20", True),
+    ("test.NDCG@20", "test NDCG@20", True),
+    ("detection.auc", "detection AUC", True),
+    ("seconds.total", "seconds", False),
+)
+STATUS_ORDER = ("completed", "failed", "incomplete", "unreadable")
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+    elif prefix:
+        out[prefix[:-1]] = obj
+    return out
+
+
+def _load_yaml(path: Path, resolve: bool) -> dict:
+    conf = OmegaConf.load(path)
+    try:
+        return OmegaConf.to_container(conf, resolve=resolve)
+    except Exception:  # an interpolation that only resolves inside the run (e.g. ${hydra:...})
+        return OmegaConf.to_container(conf, resolve=False)
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every folder under ``root`` (``root`` included) that holds one run."""
+    root = Path(root)
+    found = []
+    for path in sorted([root, *root.rglob("*")]):
+        if not path.is_dir():
+            continue
+        rel = path.relative_to(root).parts
+        if any(part.startswith(".") or part in ("checkpoints", "figures") for part in rel):
+            continue
+        if (path / "metrics.json").is_file() or (path / ".hydra" / "config.yaml").is_file():
+            found.append(path)
+    return found
+
+
+def _parse_override(text: str) -> tuple[str, str] | None:
+    key, sep, value = str(text).partition("=")
+    if not sep or key.startswith("~"):
+        return None
+    return key.lstrip("+"), value
+
+
+def read_run(run_dir: Path, root: Path) -> tuple[dict, dict[str, str]]:
+    """One run folder -> (row, {column: raw override value}) where the row holds the run's
+    status, error, identity, flattened config (``cfg.`` prefix) and flattened metrics."""
+    run_dir = Path(run_dir)
+    rel = run_dir.relative_to(root).as_posix() if run_dir != root else "."
+    row: dict[str, Any] = {"run": rel}
+    metrics: dict | None = None
+    mpath = run_dir / "metrics.json"
+    if mpath.is_file():
+        try:
+            metrics = json.loads(mpath.read_text())
+        except (OSError, ValueError) as exc:
+            row.update(status="unreadable", error=f"metrics.json: {exc}")
+    if metrics is not None:
+        row["status"] = str(metrics.get("status", "completed"))
+        row["error"] = metrics.get("error")
+    elif "status" not in row:
+        row.update(status="incomplete", error="no metrics.json (still running, killed, or interrupted)")
+
+    cfg: dict = {}
+    for path, resolve in ((run_dir / "config.yaml", False), (run_dir / ".hydra" / "config.yaml", True)):
+        if path.is_file():
+            try:
+                cfg = _load_yaml(path, resolve)
+                break
+            except Exception as exc:  # keep the row; name the problem
+                row["error"] = row.get("error") or f"{path.name}: {exc}"
+    flat_cfg = _flatten(cfg)
+    for column, key in IDENTITY.items():
+        row[column] = flat_cfg.get(key)
+    row["seed"] = flat_cfg.get("seed")
+    for key, value in flat_cfg.items():
+        row[f"cfg.{key}"] = value
+
+    overrides: dict[str, str] = {}
+    opath = run_dir / ".hydra" / "overrides.yaml"
+    if opath.is_file():
+        try:
+            items = OmegaConf.to_container(OmegaConf.load(opath)) or []
+        except Exception:
+            items = []
+        for item in items:
+            parsed = _parse_override(item)
+            if parsed:
+                overrides[parsed[0]] = parsed[1]
+
+    if metrics is not None and row["status"] == "completed":
+        for section in ("valid", "test", "detection", "seconds"):
+            for key, value in _flatten({section: metrics.get(section) or {}}).items():
+                if isinstance(value, (int, float)) or value is None:
+                    row[key] = value
+        for key in ("best_epoch", "epochs_run", "valid_metric"):
+            row[key] = metrics.get(key)
+    return row, overrides
+
+
+def _column_for(key: str, flat_cfg_keys: set[str]) -> tuple[str, str | None]:
+    """Summary column of one override key and the config key its value comes from."""
+    if key in IDENTITY:
+        return key, IDENTITY[key]
+    if "/" in key:  # a config group below another (e.g. experiment/variant): the choice
+        return key.rsplit("/", 1)[-1], None
+    if key in flat_cfg_keys:
+        return key, key
+    return key, None  # a group choice, or a key absent from the saved config
+
+
+def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """All runs under ``root``: (one row per run, the setting columns that vary across runs).
+
+    The varying columns are the identity columns (dataset, backbone, denoise, noise,
+    noise.ratio) and the overridden keys whose values differ between runs; ``seed`` comes last
+    and is what the summary aggregates over."""
+    root = Path(root)
+    rows, all_overrides = [], []
+    for run_dir in find_run_dirs(root):
+        row, overrides = read_run(run_dir, root)
+        rows.append(row)
+        all_overrides.append(overrides)
+    if not rows:
+        return pd.DataFrame(columns=["run", "status", "error"]), []
+    flat_keys = {c[4:] for row in rows for c in row if c.startswith("cfg.")}
+    sources: dict[str, str | None] = {}  # extra column -> config key its value comes from
+    for overrides in all_overrides:
+        for key in overrides:
+            if key in IGNORED_OVERRIDES or key.split(".")[0] in ("hydra", "data_dir"):
+                continue
+            column, source = _column_for(key, flat_keys)
+            if column not in IDENTITY and column != "seed" and column not in sources:
+                sources[column] = source
+    raw_key = {column: key for overrides in all_overrides for key in overrides
+               for column in [_column_for(key, flat_keys)[0]]}
+    for row, overrides in zip(rows, all_overrides):
+        for column, source in sources.items():
+            value = row.get(f"cfg.{source}") if source else None
+            if value is None or isinstance(value, (dict, list)):
+                value = overrides.get(raw_key[column])
+            row[column] = value
+    candidates = [*IDENTITY, *sources]
+    table = pd.DataFrame(rows)
+    varying = [c for c in candidates if c in table and table[c].astype(str).nunique(dropna=False) > 1]
+    if "seed" in table and table["seed"].astype(str).nunique(dropna=False) > 1:
+        varying.append("seed")
+    front = ["run", "status", "error", *varying]
+    metric_cols = [c for c in table.columns if c.split(".")[0] in ("valid", "test", "detection", "seconds")]
+    rest = [c for c in ("best_epoch", "epochs_run", "valid_metric") if c in table]
+    constant = [c for c in [*IDENTITY, "seed", *[c for c in candidates if c not in IDENTITY]]
+                if c in table and c not in varying]
+    cfg_cols = sorted(c for c in table.columns if c.startswith("cfg."))
+    table = table[[*front, *metric_cols, *rest, *constant, *cfg_cols]]
+    table = table.sort_values(by=[c for c in [*varying, "run"]], key=_sort_key, kind="stable")
+    return table.reset_index(drop=True), varying
+
+
+def _sort_key(series: pd.Series) -> pd.Series:
+    numeric = pd.to_numeric(series, errors="coerce")
+    if numeric.notna().sum() == series.notna().sum():
+        return numeric
+    return series.astype(str)
+
+
+def aggregate(runs: pd.DataFrame, group_keys: list[str],
+              metrics: Iterable[tuple[str, str, bool]] = DEFAULT_METRICS) -> pd.DataFrame:
+    """One row per setting (the varying columns except seed): run counts by status, the errors,
+    and for each metric its mean, std (sample std, n - 1; empty for one run) and count over the
+    completed runs."""
+    metric_cols = [m[0] for m in metrics if m[0] in runs]
+    keys = [k for k in group_keys if k != "seed"]
+    frame = runs.copy()
+    for key in keys:  # group on strings so that None/NaN settings form their own group
+        frame[f"__{key}"] = frame[key].map(lambda v: "" if _missing(v) else repr(v))
+    out_rows = []
+    grouped = frame.groupby([f"__{k}" for k in keys], sort=False, dropna=False) if keys else [((), frame)]
+    for _, group in grouped:
+        first = group.iloc[0]
+        row: dict[str, Any] = {k: first[k] for k in keys}
+        counts = group["status"].value_counts()
+        n_done = int(counts.get("completed", 0))
+        n_failed = int(counts.get("failed", 0))
+        row["runs"] = len(group)
+        row["completed"] = n_done
+        row["failed"] = n_failed
+        row["incomplete"] = len(group) - n_done - n_failed
+        if n_done == len(group):
+            row["status"] = "completed"
+        elif n_done == 0:
+            row["status"] = "failed" if n_failed else "incomplete"
+        else:
+            row["status"] = "partial"
+        errors = [str(e) for e in group["error"].tolist() if not _missing(e)]
+        row["error"] = "; ".join(dict.fromkeys(errors)) or None
+        done = group[group["status"] == "completed"]
+        for col in metric_cols:
+            values = pd.to_numeric(done[col], errors="coerce").dropna()
+            row[f"{col} mean"] = float(values.mean()) if len(values) else math.nan
+            row[f"{col} std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            row[f"{col} count"] = int(len(values))
+        out_rows.append(row)
+    table = pd.DataFrame(out_rows)
+    if keys:
+        table = table.sort_values(by=keys, key=_sort_key, kind="stable").reset_index(drop=True)
+    return table
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# markdown
+
+
+def _fmt_value(value: Any) -> str:
+    if _missing(value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _fmt_metric(mean: float, std: float, seconds: bool) -> str:
+    if _missing(mean):
+        return "n/a"
+    digits = 1 if seconds else 4
+    text = f"{mean:.{digits}f}"
+    if not _missing(std):
+        text += f" ± {std:.{digits}f}"
+    return text
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ").strip()
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: pd.DataFrame, runs: pd.DataFrame, group_keys: list[str],
+                     metrics: Iterable[tuple[str, str, bool]] = DEFAULT_METRICS,
+                     title: str = "Sweep summary") -> str:
+    metrics = [m for m in metrics if f"{m[0]} mean" in summary and summary[f"{m[0]} mean"].notna().any()]
+    keys = [k for k in group_keys if k != "seed"]
+    counts = runs["status"].value_counts() if len(runs) else {}
+    status_text = ", ".join(f"{int(counts[s])} {s}" for s in STATUS_ORDER if s in counts)
+    lines = [f"# {title}", "", f"{len(runs)} runs: {status_text or 'none'}."]
+    fixed = fixed_settings(runs, group_keys)
+    if fixed:
+        lines.append(f"Same in every run: {', '.join(fixed)}.")
+    lines += ["", "Each cell: mean ± sample standard deviation over the completed runs (seeds) of the "
+              "row; n = completed runs / runs. **Bold**: the best mean in its column (highest; lowest "
+              "for seconds).", ""]
+    best: dict[str, float] = {}
+    for col, _, higher in metrics:
+        means = summary[f"{col} mean"].dropna()
+        if len(means):
+            best[col] = means.max() if higher else means.min()
+    headers = [*keys, "n", *[label for _, label, _ in metrics], "status"]
+    rows = []
+    for _, row in summary.iterrows():
+        cells = [_fmt_value(row[k]) for k in keys]
+        cells.append(f"{row['completed']}/{row['runs']}")
+        for col, _, higher in metrics:
+            mean, std = row[f"{col} mean"], row[f"{col} std"]
+            text = _fmt_metric(mean, std, not higher)
+            if not _missing(mean) and col in best and mean == best[col]:
+                text = f"**{text}**"
+            cells.append(text)
+        cells.append(row["status"])
+        rows.append(cells)
+    lines.append(markdown_table(headers, rows))
+    bad = runs[runs["status"] != "completed"]
+    if len(bad):
+        lines += ["", "## Runs that did not complete", ""]
+        cols = [k for k in group_keys if k in bad]
+        table_rows = [[r["run"], *[_fmt_value(r[c]) for c in cols], r["status"], _fmt_value(r["error"])]
+                      for _, r in bad.iterrows()]
+        lines.append(markdown_table(["run", *cols, "status", "error"], table_rows))
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
+
+
+def _label(row: pd.Series, keys: list[str], default: str = "all runs") -> str:
+    return " / ".join(_fmt_value(row[k]) for k in keys) or default
+
+
+def fixed_settings(runs: pd.DataFrame, group_keys: list[str]) -> list[str]:
+    """``key=value`` for the identity settings shared by every run."""
+    if not len(runs):
+        return []
+    return [f"{c}={_fmt_value(runs[c].iloc[0])}" for c in [*IDENTITY, "seed"]
+            if c in runs and c not in group_keys and not _missing(runs[c].iloc[0])]
+
+
+def write_figures(summary: pd.DataFrame, group_keys: list[str], out_dir: Path,
+                  metrics: Iterable[tuple[str, str, bool]] = DEFAULT_METRICS,
+                  context: str = "") -> list[Path]:
+    """Metric vs noise ratio per remaining setting (mean line, ± std band) when noise.ratio varies;
+    otherwise one bar per setting (± std error bars). Seconds are not plotted."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    keys = [k for k in group_keys if k != "seed"]
+    written = []
+    plotted = [m for m in metrics if m[0] != "seconds.total" and f"{m[0]} mean" in summary
+               and summary[f"{m[0]} mean"].notna().any()]
+    if out_dir.is_dir():  # figures of an earlier summary of this folder would be stale
+        for old in [*out_dir.glob("*_vs_noise_ratio.png"), *out_dir.glob("*_bars.png")]:
+            old.unlink()
+    if not plotted:
+        return written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for col, label, _ in plotted:
+        n_bars = len(summary) if "noise.ratio" not in keys else 0
+        fig = Figure(figsize=(max(6.4, 0.45 * n_bars), 4.4), dpi=120)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        mean, std = f"{col} mean", f"{col} std"
+        if "noise.ratio" in keys:
+            series_keys = [k for k in keys if k != "noise.ratio"]
+            data = summary[summary[mean].notna()].copy()
+            data["__series"] = [_label(r, series_keys, context or "all runs") for _, r in data.iterrows()]
+            for name, part in data.groupby("__series", sort=True):
+                part = part.sort_values("noise.ratio", key=_sort_key)
+                x = pd.to_numeric(part["noise.ratio"], errors="coerce").to_numpy(float)
+                y = part[mean].to_numpy(float)
+                s = part[std].fillna(0.0).to_numpy(float)
+                line, = ax.plot(x, y, marker="o", label=name)
+                ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.set_xlabel("noise ratio")
+            name = f"{_slug(label)}_vs_noise_ratio.png"
+            ax.legend(fontsize=8)
+            ax.set_title(f"{label} vs injected noise (mean ± std over seeds)"
+                         + (f"\n{context}" if context else ""), fontsize=9)
+        else:
+            data = summary[summary[mean].notna()]
+            labels = [_label(r, keys) for _, r in data.iterrows()]
+            pos = list(range(len(labels)))
+            ax.bar(pos, data[mean].to_numpy(float), yerr=data[std].fillna(0.0).to_numpy(float),
+                   capsize=4, color="tab:blue", alpha=0.8)
+            ax.set_xticks(pos)
+            ax.set_xticklabels(labels, rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center",
+                               fontsize=8)
+            name = f"{_slug(label)}_bars.png"
+            ax.set_title(f"{label} (mean ± std over seeds)" + (f"\n{context}" if context else ""),
+                         fontsize=9)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path)
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    folder: Path
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    group_keys: list[str]
+    markdown: str
+    files: list[Path] = field(default_factory=list)
+
+
+def summarize(folder: str | Path, out_dir: str | Path | None = None,
+              metrics: Iterable[tuple[str, str, bool]] = DEFAULT_METRICS) -> Summary:
+    """Collect every run under ``folder`` and write ``runs.csv`` (one row per run),
+    ``summary.csv`` and ``summary.md`` (aggregated over seeds) and ``figures/*.png`` into
+    ``out_dir`` (default: ``folder``)."""
+    from .. import io
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such folder: {folder}")
+    out = Path(out_dir) if out_dir is not None else folder
+    metrics = list(metrics)
+    runs, varying = collect_runs(folder)
+    summary = aggregate(runs, varying, metrics) if len(runs) else pd.DataFrame()
+    md = (summary_markdown(summary, runs, varying, metrics, title=f"Sweep summary: {folder}")
+          if len(runs) else f"# Sweep summary: {folder}\n\nNo run folders found.\n")
+    files = [out / "runs.csv", out / "summary.csv", out / "summary.md"]
+    io.write_text(files[0], runs.drop(columns=[c for c in runs.columns if c.startswith("cfg.")])
+                  .to_csv(index=False))
+    io.write_text(files[1], summary.to_csv(index=False))
+    io.write_text(files[2], md)
+    if len(summary) or (out / "figures").is_dir():
+        context = ", ".join(f for f in fixed_settings(runs, varying) if not f.startswith("seed="))
+        files += write_figures(summary, varying, out / "figures", metrics, context)
+    return Summary(folder, runs, summary, varying, md, files)

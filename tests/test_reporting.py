@@ -1,0 +1,300 @@
+"""Sweep reporting on hand-made run folders, run identity, skip/resume decisions, threads, and
+the pinned experiment configs (no training here; tests/test_sweeps.py runs real sweeps)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from guider.reporting.callback import SummaryCallback
+from guider.reporting.runs import (auto_threads, config_hash, prepare_sweep_job, run_id)
+from guider.reporting.summary import collect_runs, summarize
+
+from .conftest import TINY, compose_config
+
+
+def hydra_cfg(*overrides: str):
+    """The composed config with its hydra node (sweeper, launcher, sweep dirs)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from guider.cli import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+
+def make_run(root: Path, name: str, *, denoise: str, ratio: float, seed: int, recall: float | None,
+             ndcg: float | None = None, auc: float | None = None, error: str | None = None,
+             extra_overrides: tuple[str, ...] = (), write_metrics: bool = True) -> Path:
+    """A run folder as guider-train writes it: config.yaml, metrics.json, .hydra/overrides.yaml."""
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    cfg = {"seed": seed, "data_dir": "data", "device": "cpu", "threads": 0,
+           "dataset": {"name": "synthetic", "kind": "synthetic"},
+           "backbone": {"name": "lightgcn", "n_layers": 3},
+           "denoise": {"name": denoise},
+           "noise": {"type": "random", "ratio": ratio, "modality": None, "seed": 0},
+           "train": {"epochs": 4, "lr": 0.001, "resume": False, "progress": False}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    overrides = ["noise=random", f"noise.ratio={ratio}", f"denoise={denoise}", f"seed={seed}",
+                 "train.epochs=4", *extra_overrides]
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if not write_metrics:
+        return run
+    if error is not None:
+        metrics = {"status": "failed", "error": error}
+    else:
+        metrics = {"status": "completed", "seed": seed, "best_epoch": 3, "epochs_run": 4,
+                   "valid_metric": "Recall@20", "valid": {"Recall@20": recall},
+                   "test": {"Recall@20": recall, "NDCG@20": ndcg},
+                   "detection": {"auc": auc} if auc is not None else None,
+                   "seconds": {"train": 1.0, "eval": 0.5, "total": 2.0 + seed}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+NONE_RECALL = {0.0: [0.30, 0.32, 0.34], 0.2: [0.20, 0.25, 0.27]}
+GUIDER_RECALL = {0.0: [0.31, 0.35, 0.36], 0.2: [0.29, 0.30]}  # seed 2 at 0.2 failed
+
+
+@pytest.fixture
+def noise_sweep(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    for denoise, table in (("none", NONE_RECALL), ("guider", GUIDER_RECALL)):
+        for ratio, values in table.items():
+            for seed, recall in enumerate(values):
+                make_run(root, f"{denoise}-{ratio}-{seed}", denoise=denoise, ratio=ratio, seed=seed,
+                         recall=recall, ndcg=recall / 2,
+                         auc=(0.8 + seed / 100) if denoise == "guider" else None)
+    make_run(root, "guider-0.2-2", denoise="guider", ratio=0.2, seed=2, recall=None,
+             error="NonFiniteLoss: loss became nan at epoch 3")
+    make_run(root, "none-0.5-0", denoise="none", ratio=0.5, seed=0, recall=None, write_metrics=False)
+    (root / "multirun.yaml").write_text("{}\n")
+    return root
+
+
+def test_runs_table_keeps_every_run_with_status_and_error(noise_sweep):
+    runs, varying = collect_runs(noise_sweep)
+    assert len(runs) == 6 + 5 + 1 + 1  # completed (none, guider) + failed + unfinished: none dropped
+    assert varying == ["denoise", "noise.ratio", "seed"]  # train.epochs is the same everywhere
+    failed = runs[runs["status"] == "failed"]
+    assert failed["run"].tolist() == ["guider-0.2-2"]
+    assert failed["error"].iloc[0] == "NonFiniteLoss: loss became nan at epoch 3"
+    assert math.isnan(failed["test.Recall@20"].iloc[0])
+    unfinished = runs[runs["status"] == "incomplete"]
+    assert unfinished["run"].tolist() == ["none-0.5-0"] and "no metrics.json" in unfinished["error"].iloc[0]
+    assert runs.loc[runs["run"] == "none-0.2-1", "test.Recall@20"].iloc[0] == 0.25
+
+
+def test_aggregation_mean_std_count_exact(noise_sweep):
+    result = summarize(noise_sweep)
+    s = result.summary
+    assert s[["denoise", "noise.ratio"]].values.tolist() == [
+        ["guider", 0.0], ["guider", 0.2], ["none", 0.0], ["none", 0.2], ["none", 0.5]]
+    for denoise, table in (("none", NONE_RECALL), ("guider", GUIDER_RECALL)):
+        for ratio, values in table.items():
+            row = s[(s["denoise"] == denoise) & (s["noise.ratio"] == ratio)].iloc[0]
+            assert row["test.Recall@20 mean"] == pytest.approx(statistics.mean(values), abs=1e-12)
+            assert row["test.Recall@20 std"] == pytest.approx(statistics.stdev(values), abs=1e-12)
+            assert row["test.Recall@20 count"] == len(values)
+            assert row["test.NDCG@20 mean"] == pytest.approx(statistics.mean(values) / 2, abs=1e-12)
+    partial = s[(s["denoise"] == "guider") & (s["noise.ratio"] == 0.2)].iloc[0]
+    assert (partial["runs"], partial["completed"], partial["failed"], partial["status"]) == (3, 2, 1, "partial")
+    assert "NonFiniteLoss" in partial["error"]
+    assert partial["detection.auc count"] == 2
+    assert partial["detection.auc mean"] == pytest.approx(0.805)
+    assert s[s["denoise"] == "none"]["detection.auc count"].tolist() == [0, 0, 0]
+    lonely = s[s["noise.ratio"] == 0.5].iloc[0]
+    assert (lonely["runs"], lonely["completed"], lonely["status"]) == (1, 0, "incomplete")
+    assert lonely["test.Recall@20 count"] == 0 and math.isnan(lonely["test.Recall@20 mean"])
+
+    on_disk = pd.read_csv(noise_sweep / "summary.csv")
+    assert len(on_disk) == 5 and "test.Recall@20 std" in on_disk.columns
+    runs_csv = pd.read_csv(noise_sweep / "runs.csv")
+    assert len(runs_csv) == 13 and set(runs_csv["status"]) == {"completed", "failed", "incomplete"}
+
+
+def test_markdown_table_marks_best_and_lists_failures(noise_sweep):
+    md = summarize(noise_sweep).markdown
+    assert (noise_sweep / "summary.md").read_text() == md
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| denoise"))
+    assert header == ("| denoise | noise.ratio | n | valid Recall@20 | test Recall@20 | test NDCG@20 | "
+                      "detection AUC | seconds | status |")
+    guider_clean = next(line for line in lines if line.startswith("| guider | 0 |"))
+    # best test Recall@20 mean: guider at ratio 0 (0.34) -> bold, with its std
+    best = statistics.mean(GUIDER_RECALL[0.0])
+    assert f"**{best:.4f} ± {statistics.stdev(GUIDER_RECALL[0.0]):.4f}**" in guider_clean
+    assert guider_clean.count("**") == 2 * 4  # valid and test Recall, NDCG, AUC are best here
+    none_noisy = next(line for line in lines if line.startswith("| none | 0.2 |"))
+    assert "**" not in none_noisy.split("|")[8] and "3/3" in none_noisy
+    assert "| none | 0.5 | 0/1 | n/a |" in md
+    # seconds: lowest is best: guider at 0.2 only has seeds 0 and 1 (2 s and 3 s)
+    assert "| guider | 0.2 | 2/3 |" in md and "| **2.5 ± 0.7** | partial |" in md
+    assert "Runs that did not complete" in md
+    assert "| guider-0.2-2 | guider | 0.2 | 2 | failed | NonFiniteLoss: loss became nan at epoch 3 |" in md
+    assert "Same in every run: dataset=synthetic, backbone=lightgcn, noise=random." in md
+
+
+def test_figures_line_per_denoiser_when_noise_ratio_varies(noise_sweep):
+    files = summarize(noise_sweep).files
+    pngs = sorted(p.name for p in files if p.suffix == ".png")
+    assert "test_recall_20_vs_noise_ratio.png" in pngs and "detection_auc_vs_noise_ratio.png" in pngs
+    for name in pngs:
+        data = (noise_sweep / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_ablation_style_folder_gives_bars_and_variant_column(tmp_path):
+    root = tmp_path / "ablation"
+    for variant, base in (("full", 0.40), ("no_kd", 0.35)):
+        for seed in (0, 1):
+            make_run(root, f"{variant}-{seed}", denoise="guider", ratio=0.0, seed=seed,
+                     recall=base + seed / 100, ndcg=0.1,
+                     extra_overrides=(f"+experiment/variant={variant}", "experiment=ablation"))
+    result = summarize(root)
+    assert result.group_keys == ["variant", "seed"]
+    assert result.summary["variant"].tolist() == ["full", "no_kd"]
+    assert result.summary["test.Recall@20 mean"].tolist() == pytest.approx([0.405, 0.355])
+    names = {p.name for p in result.files}
+    assert "test_recall_20_bars.png" in names and not any("noise_ratio" in n for n in names)
+    assert "| full | 2/2 |" in result.markdown
+
+
+def test_empty_folder_and_callback(tmp_path):
+    result = summarize(tmp_path)
+    assert len(result.runs) == 0 and "No run folders found" in result.markdown
+    # the callback summarises the folder Hydra swept into and never raises
+    make_run(tmp_path / "sw", "a", denoise="none", ratio=0.0, seed=0, recall=0.3, ndcg=0.1)
+    cb = SummaryCallback()
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sw")}}})
+    cb.on_multirun_start(cfg)
+    cb.on_multirun_end(cfg)
+    assert (tmp_path / "sw" / "summary.md").is_file()
+    SummaryCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "nope")}}}))
+
+
+# ---------------------------------------------------------------------------------------------
+# run identity, skip / resume
+
+
+def test_config_hash_matches_saved_config_and_ignores_resume_keys(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    path = tmp_path / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))  # what pipeline.run writes
+    saved = OmegaConf.to_container(OmegaConf.load(path))
+    assert config_hash(cfg) == config_hash(saved)
+    assert config_hash(cfg) == config_hash(tiny_cfg("train.resume=true", "train.progress=true",
+                                                    "threads=3", "train.skip_completed=false"))
+    assert config_hash(cfg) != config_hash(tiny_cfg("seed=1"))
+    assert config_hash(cfg) != config_hash(tiny_cfg("train.lr=0.002"))
+    name = run_id(cfg)
+    assert name.startswith("synthetic-lightgcn-none-none-seed0-") and name.endswith(config_hash(cfg))
+    assert run_id(tiny_cfg("noise=random", "noise.ratio=0.2")).startswith("synthetic-lightgcn-none-random0.2-seed0-")
+
+
+def test_sweep_subdir_resolver_names_the_folder_by_config():
+    cfg = compose_config([*TINY, "seed=2"])
+    full = hydra_cfg(*TINY, "seed=2")
+    assert str(full.hydra.sweep.subdir) == run_id(cfg)
+
+
+def test_prepare_sweep_job_skips_resumes_or_redoes(tiny_cfg, tmp_path):
+    made = iter(range(100))
+
+    def folder(status: str | None, last: bool, cfg_overrides=()) -> Path:
+        run = tmp_path / f"run{next(made)}"
+        run.mkdir()
+        (run / "config.yaml").write_text(OmegaConf.to_yaml(tiny_cfg(*cfg_overrides), resolve=True))
+        if status:
+            (run / "metrics.json").write_text(json.dumps({"status": status, "valid": {"Recall@20": 0.5}}))
+        if last:
+            (run / "checkpoints").mkdir()
+            (run / "checkpoints" / "last.pt").write_bytes(b"x")
+        return run
+
+    cfg = tiny_cfg()
+    assert prepare_sweep_job(cfg, folder("completed", True))["valid"]["Recall@20"] == 0.5
+    assert cfg.train.resume is False
+    redo = tiny_cfg("train.skip_completed=false")
+    assert prepare_sweep_job(redo, folder("completed", True)) is None and redo.train.resume is False
+    for status in (None, "failed"):  # killed, or failed after some epochs: continue from last.pt
+        cfg = tiny_cfg()
+        assert prepare_sweep_job(cfg, folder(status, True)) is None and cfg.train.resume is True
+    cfg = tiny_cfg()
+    assert prepare_sweep_job(cfg, folder(None, False)) is None and cfg.train.resume is False
+    cfg = tiny_cfg()  # a folder written by another configuration is never resumed from
+    assert prepare_sweep_job(cfg, folder("completed", True, ["seed=5"])) is None
+    assert cfg.train.resume is False
+    assert prepare_sweep_job(cfg, tmp_path / "empty") is None
+
+
+def test_auto_threads_divides_cores_between_parallel_jobs():
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    env: dict[str, str] = {}
+    assert auto_threads({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 16, env) == 16
+    assert auto_threads({"_target_": joblib, "n_jobs": 2}, 16, env) == 8
+    assert auto_threads({"_target_": joblib, "n_jobs": 2}, 2, env) == 1
+    assert auto_threads({"_target_": joblib, "n_jobs": -1}, 16, env) == 1
+    assert auto_threads({"_target_": joblib, "n_jobs": -2}, 16, env) == 1
+    assert auto_threads({"_target_": joblib, "n_jobs": 3}, 2, env) == 1
+    assert auto_threads({"_target_": joblib, "n_jobs": 2}, 16, {"OMP_NUM_THREADS": "4"}) == 4
+    slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+    assert auto_threads({"_target_": slurm, "cpus_per_task": 6}, 64, env) == 6
+    assert auto_threads({"_target_": slurm, "cpus_per_task": None}, 4, env) == 4
+    assert auto_threads({"_target_": local, "cpus_per_task": None}, 16, env) == 1
+    assert auto_threads(None, 3, env) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# pinned experiments
+
+
+def test_pinned_experiments_define_the_grids():
+    from hydra.types import RunMode
+
+    _hydra_cfg = hydra_cfg
+
+    noise = _hydra_cfg("experiment=noise_sweep")
+    assert noise.hydra.mode == RunMode.MULTIRUN and noise.noise.type == "random"
+    assert dict(noise.hydra.sweeper.params) == {
+        "noise.ratio": "0.0,0.05,0.1,0.2,0.3,0.5", "denoise": "none,guider", "seed": "0,1,2"}
+    base = _hydra_cfg("experiment=baselines")
+    assert dict(base.hydra.sweeper.params) == {"denoise": "glob(*)", "seed": "0,1,2"}
+    abl = _hydra_cfg("experiment=ablation")
+    assert abl.denoise.name == "guider"
+    assert dict(abl.hydra.sweeper.params) == {
+        "+experiment/variant": "full,no_calibration,no_amsc_dbpr,no_kd,kd_kl,mf_teacher", "seed": "0,1,2"}
+    tune = _hydra_cfg("experiment=tune")
+    assert "optuna" in tune.hydra.sweeper._target_.lower() and tune.hydra.sweeper.direction == "maximize"
+    assert _hydra_cfg("hydra/launcher=parallel").hydra.launcher.n_jobs == 2
+
+
+@pytest.mark.parametrize("variant, key, value", [
+    ("no_calibration", "denoise.amsc.calibrate", False),
+    ("no_amsc_dbpr", "denoise.dbpr.enabled", False),
+    ("no_kd", "denoise.kd.type", "none"),
+    ("kd_kl", "denoise.kd.type", "kl"),
+    ("mf_teacher", "denoise.teacher", "mf"),
+])
+def test_ablation_variants_flip_one_switch(variant, key, value):
+    base = [o for o in TINY if not o.startswith("denoise=")] + ["experiment=ablation"]
+    full = compose_config([*base, "+experiment/variant=full"])
+    cfg = compose_config([*base, f"+experiment/variant={variant}"])
+    assert full.denoise.name == "guider"
+    assert OmegaConf.select(cfg, key) == value and OmegaConf.select(full, key) != value
+    assert config_hash(cfg) != config_hash(full)
+    flat = lambda c: {k: v for k, v in pd.json_normalize(OmegaConf.to_container(c, resolve=True)).iloc[0].items()}  # noqa: E731
+    diff = {k for k in flat(cfg) if flat(cfg)[k] != flat(full).get(k)}
+    assert diff == {key}
