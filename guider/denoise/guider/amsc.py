@@ -89,6 +89,7 @@ class AMSC:
         self.random_items = torch.randint(n_items, (len(self.items),), generator=gen)
         self.gap = self.modality_gaps()
         self.alpha = torch.softmax(self.gap / cfg.alpha_temp, dim=0)
+        self._modal: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def modalities(self) -> list[str]:
@@ -113,6 +114,26 @@ class AMSC:
         ramp = min(1.0, epoch / self.cfg.warmup_epochs) if self.cfg.warmup_epochs > 0 else 1.0
         return ramp, self.cfg.rho_max * ramp
 
+    def modal_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The content part of sum_{i'} S(i, i') and of the i' = i term, per interaction. It
+        depends only on the features, w and alpha, which are fixed for the run: computed once."""
+        if self._modal is None:
+            if self.cfg.calibrate:
+                w, alpha = self.w, self.alpha
+            else:
+                w = torch.ones(self.n_items)
+                alpha = torch.full((len(self.z),), 1.0 / len(self.z))
+            u, i = self.users, self.items
+            w_i = w[i]
+            total = torch.zeros(len(i))
+            self_term = torch.zeros(len(i))
+            for a, z in zip(alpha, self.z.values()):
+                A = self.R @ (w[:, None] * z)
+                total += a * w_i * rowwise_dot(z, i, A, u)
+                self_term += a * w_i * w_i * (z[i] * z[i]).sum(-1)
+            self._modal = (total, self_term)
+        return self._modal
+
     def consistency(self, item_emb: torch.Tensor | None, lam: float) -> torch.Tensor:
         """c_u(i) for every training interaction; NaN where n_u = 1 (clean by definition).
 
@@ -122,19 +143,12 @@ class AMSC:
         """
         cfg = self.cfg
         u, i = self.users, self.items
-        if cfg.calibrate:
-            w, alpha = self.w, self.alpha
-        else:
-            w = torch.ones(self.n_items)
-            alpha = torch.full((len(self.z),), 1.0 / len(self.z))
+        if not cfg.calibrate:
             lam = 0.0
+        w = self.w if cfg.calibrate else torch.ones(self.n_items)
         w_i = w[i]
-        total = torch.zeros(len(i))
-        self_term = torch.zeros(len(i))
-        for a, z in zip(alpha, self.z.values()):
-            A = self.R @ (w[:, None] * z)
-            total += a * w_i * rowwise_dot(z, i, A, u)
-            self_term += a * w_i * w_i * (z[i] * z[i]).sum(-1)
+        total, self_term = self.modal_terms()
+        total, self_term = total.clone(), self_term.clone()
         if lam > 0 and item_emb is not None:
             e = torch.nn.functional.normalize(item_emb.detach().float().cpu(), dim=1)
             E = self.R @ e
