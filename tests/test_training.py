@@ -135,3 +135,15 @@ def test_loss_is_weighted_by_denoiser(tiny_cfg):
     assert float(weighted_mean(terms, torch.tensor([1.0, 0.0, 1.0, 0.0]))) == pytest.approx(2.0)
     assert float(weighted_mean(terms, torch.zeros(4))) == 0.0
     np.testing.assert_allclose(float(weighted_mean(terms, torch.full((4,), 0.5))), 5.0 / 2.0)
+
+
+@pytest.mark.parametrize("backbone", [n for n in BACKBONES.names() if BACKBONES.get(n).cls.uses_features])
+def test_feature_models_refuse_data_without_features(backbone):
+    """A multi-modal model on data without item features fails with a message naming the fix."""
+    from guider.config import SyntheticConfig
+    from guider.data import generate
+
+    data = generate(SyntheticConfig(n_users=50, n_items=40, modalities={}))
+    entry = BACKBONES.get(backbone)
+    with pytest.raises(ValueError, match=f"backbone={backbone} needs item features.*dataset.features"):
+        entry.cls(entry.schema(), data)

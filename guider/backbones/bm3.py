@@ -94,10 +94,6 @@ class BM3(Backbone):
     def __init__(self, cfg: BM3Config, data: Interactions):
         super().__init__(cfg, data)
         check_config(cfg)
-        if not data.features:
-            raise ValueError(f"BM3 needs item features, but dataset '{data.name}' has none "
-                             f"loaded; declare them under dataset.features")
-        self.modalities = list(data.features)
         n_users, n_items, d = data.n_users, data.n_items, cfg.embedding_dim
 
         self.embedding = nn.Embedding(n_users + n_items, d)  # users then items

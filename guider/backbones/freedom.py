@@ -105,10 +105,6 @@ class Freedom(Backbone):
     def __init__(self, cfg: FreedomConfig, data: Interactions):
         super().__init__(cfg, data)
         check_config(cfg)
-        if not data.features:
-            raise ValueError(f"FREEDOM needs item features, but dataset '{data.name}' has none "
-                             f"loaded; declare them under dataset.features")
-        self.modalities = list(data.features)
         self.mix_weights = mixing_weights(self.modalities, dict(cfg.modality_weights))
         log.info("FREEDOM item-item graph weights: %s",
                  {m: round(w, 4) for m, w in zip(self.modalities, self.mix_weights)})

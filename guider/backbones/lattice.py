@@ -133,10 +133,6 @@ class Lattice(Backbone):
     def __init__(self, cfg: LatticeConfig, data: Interactions):
         super().__init__(cfg, data)
         check_config(cfg)
-        if not data.features:
-            raise ValueError(f"LATTICE needs item features, but dataset '{data.name}' has none "
-                             f"loaded; declare them under dataset.features")
-        self.modalities = list(data.features)
         n_users, n_items, d = data.n_users, data.n_items, cfg.embedding_dim
 
         self.embedding = nn.Embedding(n_users + n_items, d)  # users then items (one gather)

@@ -90,10 +90,6 @@ class MGCN(Backbone):
     def __init__(self, cfg: MGCNConfig, data: Interactions):
         super().__init__(cfg, data)
         check_config(cfg)
-        if not data.features:
-            raise ValueError(f"MGCN needs item features, but dataset '{data.name}' has none "
-                             f"loaded; declare them under dataset.features")
-        self.modalities = list(data.features)
         d = cfg.embedding_dim
         n_users, n_items = data.n_users, data.n_items
         self.user_emb = nn.Embedding(n_users, d)

@@ -66,11 +66,8 @@ class VBPRConfig(BackboneConfig):
     feature_bias: bool = True
 
 
-def concatenated_features(data: Interactions, model: str) -> torch.Tensor:
+def concatenated_features(data: Interactions) -> torch.Tensor:
     """The dataset's modality features side by side (modality order of the dataset), float32."""
-    if not data.features:
-        raise ValueError(f"{model} needs item features, but dataset '{data.name}' has none "
-                         f"loaded; declare them under dataset.features")
     parts = []
     for m, f in data.features.items():
         f = torch.as_tensor(f, dtype=torch.float32)
@@ -92,8 +89,7 @@ class VBPR(Backbone):
         for key in ("reg_weight", "proj_reg_weight"):
             if not getattr(cfg, key) >= 0.0:
                 raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 0")
-        self.modalities = list(data.features) if data.features else []
-        feats = concatenated_features(data, "VBPR")
+        feats = concatenated_features(data)
         self.register_buffer("feats", feats, persistent=False)
         k, kv = cfg.embedding_dim, cfg.visual_dim
         self.user_emb = nn.Embedding(data.n_users, k + kv)  # [gamma_u, theta_u]
