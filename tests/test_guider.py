@@ -12,7 +12,6 @@ import torch
 from guider.backbones.graphs import centred_unit, knn_indices
 from guider.backbones.mf import MF
 from guider.data import Batch
-from guider.denoise.guider import Guider
 from guider.denoise.guider.amsc import AMSC, AMSCConfig, cross_modal_confidence
 from guider.denoise.guider.distill import (Distiller, KDConfig, kl_loss, ot_loss, sinkhorn,
                                            transport_cost)
