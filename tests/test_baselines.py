@@ -305,5 +305,10 @@ def test_deca_resume_matches_uninterrupted(tiny_cfg, tmp_path):
     full = run(tiny_cfg(*overrides), tmp_path / "full")
     resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed", stop_epoch=1)
     assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
-    assert resumed["detection"] == full["detection"]
+    # the running detection scores are float32 averages of model outputs; with two CPU threads a
+    # scatter-add in the backward pass may round differently between runs (seen once: AUC
+    # 0.5887559 vs 0.5887567), so the AUC is compared to 1e-5 and the counts exactly
+    det_r, det_f = resumed["detection"], full["detection"]
+    assert det_r["auc"] == pytest.approx(det_f["auc"], rel=1e-5)
+    assert {k: v for k, v in det_r.items() if k != "auc"} == {k: v for k, v in det_f.items() if k != "auc"}
     assert resumed["auxiliary"] == full["auxiliary"]

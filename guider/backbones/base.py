@@ -44,13 +44,13 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.n_users = data.n_users
         self.n_items = data.n_items
-        if self.uses_features and not data.features:
+        if self.uses_features and not getattr(data, "features", None):
             raise ValueError(
                 f"backbone={cfg.name} needs item features, but dataset '{data.name}' has none "
                 f"loaded; declare them under dataset.features (conf/dataset/{data.name}.yaml) or "
                 f"choose an ID-only backbone (mf, lightgcn)"
             )
-        self.modalities: list[str] = list(data.features)
+        self.modalities: list[str] = list(getattr(data, "features", {}))
         self._batch_cache: tuple[weakref.ref, torch.Tensor, torch.Tensor] | None = None
 
     def remember(self, batch: Batch, users: torch.Tensor, items: torch.Tensor) -> None:
