@@ -39,6 +39,15 @@ class SyntheticConfig:
     temperature: float = 0.25
     # Fraction of training interactions replaced by uniformly random items (labelled noise).
     noise_fraction: float = 0.1
+    # Exact total of interactions (train + valid + test); 0 = the history lengths alone decide
+    # (about n_users x mean_interactions). When set, the lengths follow the same law with mean
+    # n_interactions / n_users and are adjusted by +-1 to hit the total exactly.
+    n_interactions: int = 0
+    # 0 = exact: each history is a Gumbel top-k over the whole catalogue (cost n_users x n_items,
+    # fine up to ~10^9 pairs). k > 0 = each user's history is chosen, with the same preference
+    # weights, from k x (history length) items drawn by popularity (sampling-importance-
+    # resampling; cost ~ k x interactions): the approximation that scales to millions of users.
+    candidates: int = 0
     modalities: dict[str, ModalityConfig] = field(
         default_factory=lambda: {"image": ModalityConfig(64, 0.6), "text": ModalityConfig(48, 0.4)}
     )
@@ -55,6 +64,16 @@ class DatasetConfig:
     inter_file: Optional[str] = None  # default: <name>.inter
     # modality name -> feature file in the folder (row k = item k), e.g. {image: image_feat.npy}
     features: dict[str, str] = field(default_factory=dict)
+    # modality name -> width of the features generated for it when synthetic_features=true (the
+    # yamls give the real files' widths; a real file is never checked against it); a modality not
+    # listed falls back to guider.data.loader.SYNTHETIC_FEATURE_DIMS (image 4096, text 384, audio 128).
+    feature_dims: dict[str, int] = field(default_factory=dict)
+    # true: every declared feature file that is absent is replaced by seeded standard-Gaussian
+    # noise (pure noise, no signal: a stand-in for speed benchmarks, never for accuracy). The
+    # run warns and metrics.json records which modalities were generated.
+    synthetic_features: bool = False
+    # seed of the generated features (kept apart from the top-level seed, like synthetic.seed)
+    synthetic_features_seed: int = 0
     synthetic: Optional[SyntheticConfig] = None
 
 
@@ -87,6 +106,11 @@ class EvalConfig:
     topk: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
     valid_metric: str = "Recall@20"
     batch_users: int = 4096
+    # 0 = every user; N > 0 = a fixed sample of N users (drawn with sample_seed from the users
+    # with held-out items) evaluated for valid and test alike: an approximation for very large
+    # datasets, recorded in metrics.json (docs/scale.md)
+    sample_users: int = 0
+    sample_seed: int = 0
 
 
 @dataclass
@@ -109,6 +133,49 @@ def register_schemas() -> None:
     ConfigStore.instance().store(name="guider_schema", node=RootConfig)
 
 
+# dataset keys that change nothing while synthetic_features is false (they were added after runs
+# existed): then they are left out of a run's identity (the sweep config hash, the resume
+# fingerprint), so older run folders are still found and older checkpoints still resume.
+SYNTHETIC_FEATURE_KEYS = ("synthetic_features", "feature_dims", "synthetic_features_seed")
+
+
+# Keys added for large-scale runs, with the value that reproduces the earlier behaviour: at that
+# value they are left out of a run's identity too (``drop_neutral``).
+SCALE_NEUTRAL = {"dataset.synthetic.n_interactions": 0, "dataset.synthetic.candidates": 0,
+                 "eval.sample_users": 0, "eval.sample_seed": 0}
+
+
+def drop_neutral(data: dict, prefix: str = "") -> dict:
+    """A copy of a plain config dict (the node at ``prefix``, e.g. "dataset", when given)
+    without the SCALE_NEUTRAL keys that hold their neutral value."""
+    out = dict(data)
+    for path, neutral in SCALE_NEUTRAL.items():
+        if prefix:
+            if not path.startswith(prefix + "."):
+                continue
+            path = path[len(prefix) + 1:]
+        *parents, leaf = path.split(".")
+        node = out
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                break
+            node[key] = dict(node[key])
+            node = node[key]
+        else:
+            if leaf in node and node[leaf] == neutral:
+                del node[leaf]
+    return out
+
+
+def dataset_identity(dataset: dict) -> dict:
+    """A copy of a plain dataset dict without SYNTHETIC_FEATURE_KEYS unless synthetic_features
+    (nor the dataset's SCALE_NEUTRAL keys at their neutral value)."""
+    if dataset.get("synthetic_features"):
+        return drop_neutral(dataset, "dataset")
+    return drop_neutral({k: v for k, v in dataset.items() if k not in SYNTHETIC_FEATURE_KEYS},
+                        "dataset")
+
+
 METRIC_NAMES = ("Recall", "NDCG", "Precision", "MAP")
 DEVICES = ("auto", "cpu", "cuda")
 NOISE_TYPES = ("none", "random", "popular", "modal")
@@ -125,6 +192,14 @@ def check_common(cfg: DictConfig) -> tuple[RootConfig, DatasetConfig, NoiseConfi
         raise ValueError(f"dataset.kind={dataset.kind!r}: choose mmrec or synthetic")
     if dataset.kind == "synthetic" and dataset.synthetic is None:
         dataset.synthetic = SyntheticConfig()
+    for modality, dim in dataset.feature_dims.items():
+        if modality not in dataset.features:
+            raise ValueError(
+                f"dataset.feature_dims.{modality}: no such modality in dataset.features "
+                f"({', '.join(dataset.features) or 'none declared'}); declare its file or drop the key"
+            )
+        if dim < 1:
+            raise ValueError(f"dataset.feature_dims.{modality}={dim}: must be a positive integer")
     if noise.type not in NOISE_TYPES:
         raise ValueError(f"noise.type={noise.type!r}: choose one of {', '.join(NOISE_TYPES)}")
     if not 0.0 <= noise.ratio < 1.0:
@@ -146,4 +221,6 @@ def check_common(cfg: DictConfig) -> tuple[RootConfig, DatasetConfig, NoiseConfi
         )
     if e.batch_users < 1:
         raise ValueError(f"eval.batch_users={e.batch_users}: must be positive")
+    if e.sample_users < 0:
+        raise ValueError(f"eval.sample_users={e.sample_users}: must be >= 0 (0 = every user)")
     return OmegaConf.to_object(root), dataset, noise

@@ -19,12 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from . import __version__, io
 from ._malloc import tune_malloc
 from .backbones import BACKBONES, Backbone, build_backbone
-from .config import RootConfig, check_common
+from .config import RootConfig, check_common, dataset_identity
 from .data import Interactions, load_data
 from .denoise import DENOISERS, Denoiser, build_denoiser
-from .evaluation import build_eval_set, evaluate
+from .evaluation import evaluate
 from .evaluation.detection import detection_metrics
+from .sizecheck import check_size
 from .training import fit
+from .training.loop import build_eval_sets
 
 log = logging.getLogger("guider")
 
@@ -93,15 +95,37 @@ def prepare(cfg: DictConfig) -> Job:
     log.info("data: %s", data.summary())
     torch.manual_seed(seed)
     np.random.seed(seed)
+    check_model_size(data, backbone_cfg, denoise_cfg, device)
     model = build_backbone(backbone_cfg, data, device)
     denoiser = build_denoiser(denoise_cfg, data, model, device, seed)
     fingerprint = {
-        "seed": seed, "dataset": asdict(dataset), "noise": asdict(noise),
+        "seed": seed, "dataset": dataset_identity(asdict(dataset)), "noise": asdict(noise),
         "backbone": asdict(backbone_cfg), "denoise": asdict(denoise_cfg),
         "batch_size": root.train.batch_size, "lr": root.train.lr,
         "eval_every": root.train.eval_every,
     }
+    if root.eval.sample_users:  # absent at 0, so older checkpoints still resume
+        fingerprint["eval_sample"] = [root.eval.sample_users, root.eval.sample_seed]
     return Job(root, data, model, denoiser, device, fingerprint)
+
+
+# float32 copies of an embedding table alive in training: the weights, their gradient, Adam's two
+# moments, the propagated layers kept for the backward pass, the best-model copy
+TABLE_COPIES = 12
+
+
+def check_model_size(data: Interactions, backbone_cfg, denoise_cfg, device: torch.device) -> None:
+    """Fail before building the model when its embedding tables cannot fit (GUIDER's teacher
+    has tables of its own)."""
+    nodes = data.n_users + data.n_items
+    dim = backbone_cfg.embedding_dim
+    check_size(f"the embedding tables ({nodes:,} users and items x {dim} dims, with gradients, "
+               f"optimiser state and propagated layers)", nodes * dim * 4 * TABLE_COPIES,
+               "backbone.embedding_dim (or a dataset with fewer users and items)", device)
+    teacher_dim = getattr(denoise_cfg, "teacher_dim", 0)
+    if teacher_dim:
+        check_size(f"the denoiser's teacher tables ({nodes:,} x {teacher_dim} dims)",
+                   nodes * teacher_dim * 4 * TABLE_COPIES, "denoise.teacher_dim", device)
 
 
 def detection(job: Job) -> dict | None:
@@ -120,10 +144,9 @@ def auxiliary_metrics(job: Job) -> dict:
     scorers = job.denoiser.scorers()
     if not scorers:
         return out
-    d, evalc = job.data, job.root.eval
-    sets = {name: build_eval_set(d.train.users, d.train.items, split.users, split.items,
-                                 d.n_users, d.n_items)
-            for name, split in (("valid", d.valid), ("test", d.test))}
+    evalc = job.root.eval
+    valid, test, _ = build_eval_sets(job.data, evalc)  # the same users as the student's
+    sets = {"valid": valid, "test": test}
     for name, scorer in scorers.items():
         out[name] = {split: evaluate(scorer, es, evalc.topk, evalc.batch_users, job.device)
                      for split, es in sets.items()}
@@ -147,6 +170,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "seed": seed,
         "device": str(job.device),
         "noise": data.info.get("noise"),
+        # modality -> width of features generated as pure noise (dataset.synthetic_features)
+        "synthetic_features": data.info.get("synthetic_features", {}),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
@@ -154,6 +179,9 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "valid": result.valid,
         "test": result.test,
         "eval_excluded": result.eval_excluded,
+        # eval.sample_users > 0: {users, seed, eligible_users, sampled_users, valid_users,
+        # test_users}; the metrics are then an approximation over that fixed sample
+        "eval_sample": result.eval_sample,
         "detection": detection(job),
         "denoiser": job.denoiser.summary(),
         "auxiliary": auxiliary_metrics(job),

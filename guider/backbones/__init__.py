@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..data import Interactions
-from . import bm3, freedom, lattice, lgmrec, lightgcn, mf, mgcn, vbpr  # noqa: F401  (registers)
+from . import bm3, freedom, lattice, lgmrec, lightgcn, mf, mgcn, smore, vbpr  # noqa: F401  (registers)
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, Scorer
 
 __all__ = ["BACKBONES", "Backbone", "BackboneConfig", "Losses", "Scorer", "build_backbone"]

@@ -125,7 +125,8 @@ class Freedom(Backbone):
                 raise ValueError(f"features '{m}' have {feats.shape[0]} rows for {n_items} items")
             self.register_buffer(f"feat_{k}", feats, persistent=False)
             self.proj.append(nn.Linear(feats.shape[1], d))
-            graphs.append(knn_graph(unit_rows(feats), cfg.knn_k, cfg.knn_block_size))
+            graphs.append(knn_graph(unit_rows(feats), cfg.knn_k, cfg.knn_block_size,
+                                    knob="backbone.knn_block_size"))
         mm_adj = mix_graphs(graphs, self.mix_weights)
         self.register_buffer("mm_adj", mm_adj, persistent=False)
         self.register_buffer("mm_adj_t", transpose_csr(mm_adj), persistent=False)

@@ -10,8 +10,17 @@ import warnings
 
 import torch
 
+from ..sizecheck import check_size
+
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+# bytes per element, for the early size checks (guider.sizecheck): a kNN block holds float32
+# similarities plus top-k's workspace; an interaction becomes two adjacency edges, each passing
+# through int64 COO indices, their coalesced copy, float32 values and the CSR result
+BYTES_PER_SIM = 8
+BYTES_PER_ADJ_INTERACTION = 2 * 72
+KNN_KNOB = "the kNN block size (backbone.knn_block_size, denoise.amsc.knn_block)"
 
 
 def sym_norm_values(rows: torch.Tensor, cols: torch.Tensor, n: int,
@@ -28,6 +37,9 @@ def bipartite_adjacency(users: torch.Tensor, items: torch.Tensor, n_users: int, 
                         weights: torch.Tensor | None = None,
                         device: torch.device | str = "cpu") -> torch.Tensor:
     """Symmetric-normalised user-item adjacency as a sparse CSR tensor of size (U+I, U+I)."""
+    check_size(f"the user-item adjacency ({len(users):,} interactions, both directions)",
+               len(users) * BYTES_PER_ADJ_INTERACTION, "a dataset with fewer interactions (for "
+               "the synthetic set dataset.synthetic.n_interactions)")
     users = torch.as_tensor(users, dtype=torch.long)
     items = torch.as_tensor(items, dtype=torch.long) + n_users
     rows = torch.cat([users, items])
@@ -85,27 +97,45 @@ def centred_unit(x: torch.Tensor) -> torch.Tensor:
     return torch.where(norm > 0, z / norm.clamp(min=1e-12), torch.zeros_like(z))
 
 
-def knn_indices(z: torch.Tensor, k: int, block_size: int = 2048,
-                exclude_self: bool = True) -> torch.Tensor:
-    """Indices of the k most similar rows of ``z`` by inner product (cosine for unit rows),
-    computed block by block: memory O(block_size x n), never n x n."""
+def knn_topk(z: torch.Tensor, k: int, block_size: int = 2048, exclude_self: bool = True,
+             knob: str = KNN_KNOB) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest inner products of each row of ``z`` with all rows (cosine for unit rows) and
+    their column indices, ([n, k] values, [n, k] indices) on ``z``'s device, computed block by
+    block: memory O(block_size x n), never n x n (checked against the available memory before
+    the first block; ``knob`` names the setting that shrinks it). Time stays O(n^2 d): exact
+    kNN. Not differentiable."""
     n = z.shape[0]
+    rows = min(block_size, n)
+    check_size(f"a kNN similarity block ({rows:,} x {n:,} items)", rows * n * BYTES_PER_SIM,
+               knob, z.device)
     k = min(k, n - 1 if exclude_self else n)
-    out = torch.empty(n, k, dtype=torch.long)
+    values = torch.empty(n, k, dtype=z.dtype, device=z.device)
+    indices = torch.empty(n, k, dtype=torch.long, device=z.device)
     zt = z.t().contiguous()
     for start in range(0, n, block_size):
         stop = min(start + block_size, n)
         sims = z[start:stop] @ zt
         if exclude_self:
-            rows = torch.arange(stop - start)
+            rows = torch.arange(stop - start, device=z.device)
             sims[rows, rows + start] = -torch.inf
-        out[start:stop] = sims.topk(k, dim=1).indices
-    return out
+        values[start:stop], indices[start:stop] = sims.topk(k, dim=1)
+    return values, indices
+
+
+def knn_indices(z: torch.Tensor, k: int, block_size: int = 2048,
+                exclude_self: bool = True, knob: str = KNN_KNOB) -> torch.Tensor:
+    """Indices of the k most similar rows of ``z`` by inner product (cosine for unit rows),
+    computed block by block: memory O(block_size x n), never n x n. On the CPU."""
+    with torch.no_grad():
+        return knn_topk(z, k, block_size, exclude_self, knob)[1].cpu()
 
 
 def user_item_matrix(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
                      values: torch.Tensor | None = None) -> torch.Tensor:
     """Sparse CSR user x item matrix (ones, or ``values``) for sparse aggregations R @ X."""
+    check_size(f"the user x item matrix ({len(users):,} interactions)",
+               len(users) * BYTES_PER_ADJ_INTERACTION // 2, "a dataset with fewer interactions "
+               "(for the synthetic set dataset.synthetic.n_interactions)")
     users = torch.as_tensor(users, dtype=torch.long)
     items = torch.as_tensor(items, dtype=torch.long)
     vals = torch.ones(len(users)) if values is None else values.float()
@@ -127,23 +157,33 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def knn_graph(z: torch.Tensor, k: int, block_size: int = 2048,
-              exclude_self: bool = False) -> torch.Tensor:
+              exclude_self: bool = False, weighted: bool = False,
+              knob: str = KNN_KNOB) -> torch.Tensor:
     """Frozen kNN graph of the rows of ``z`` (unit rows: cosine similarity) as a sparse CSR
     (n, n) tensor: S_ij = 1 when j is among the k rows most similar to i (top-k per row, so the
     graph is not symmetric), then normalised D^-1/2 S D^-1/2 with D the row sums (FREEDOM Eq. 3;
     every row has exactly k entries). The similarities are computed ``block_size`` rows at a time
     (``knn_indices``), so no n x n matrix is ever formed. With ``exclude_self=False`` (FREEDOM's
-    top-k over the full similarity row) an item is usually its own first neighbour."""
+    top-k over the full similarity row) an item is usually its own first neighbour.
+
+    ``weighted=True``: S_ij is the similarity z_i . z_j itself instead of 1 (the MMRec toolbox's
+    ``build_knn_normalized_graph``, used by SMORE), clamped at 0 so that a row whose top k holds
+    negative similarities cannot get a negative degree; D is then the row sum of these weights
+    (a row of zeros gets weight 0)."""
     n = z.shape[0]
-    nbrs = knn_indices(z, k, block_size, exclude_self=exclude_self).to(z.device)
+    with torch.no_grad():
+        sims, nbrs = knn_topk(z, k, block_size, exclude_self=exclude_self, knob=knob)
     kk = nbrs.shape[1]
     rows = torch.arange(n, device=z.device).repeat_interleave(kk)
     cols = nbrs.reshape(-1)
-    ones = torch.ones(len(rows), device=z.device)
-    deg = torch.zeros(n, device=z.device).index_add_(0, rows, ones)
+    if weighted:
+        w = sims.reshape(-1).float().clamp(min=0.0)
+    else:
+        w = torch.ones(len(rows), device=z.device)
+    deg = torch.zeros(n, device=z.device).index_add_(0, rows, w)
     dinv = deg.pow(-0.5)
     dinv[deg == 0] = 0.0
-    vals = dinv[rows] * dinv[cols]
+    vals = dinv[rows] * w * dinv[cols]
     s = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n),
                                 check_invariants=False).coalesce()
     return s.to_sparse_csr()
@@ -163,6 +203,28 @@ def mix_graphs(graphs: list[torch.Tensor], weights: list[float]) -> torch.Tensor
     mixed = torch.sparse_coo_tensor(torch.cat(idx, 1), torch.cat(vals), graphs[0].shape,
                                     check_invariants=False).coalesce()
     return mixed.to_sparse_csr()
+
+
+def max_pool_graphs(graphs: list[torch.Tensor]) -> torch.Tensor:
+    """Entry-wise maximum of sparse (n, n) matrices over the union of their edges, as one sparse
+    CSR matrix: an entry present in several graphs keeps its largest value, one present in a
+    single graph keeps its value (SMORE's fusion graph: max pooling of the normalised modality
+    graphs, no renormalisation). One graph is returned unchanged (as CSR)."""
+    if not graphs:
+        raise ValueError("max_pool_graphs needs at least one graph")
+    n_rows, n_cols = graphs[0].shape
+    idx, vals = [], []
+    for g in graphs:
+        coo = g.to_sparse_coo().coalesce() if g.layout != torch.sparse_coo else g.coalesce()
+        idx.append(coo.indices())
+        vals.append(coo.values())
+    idx, vals = torch.cat(idx, 1), torch.cat(vals)
+    keys, inverse = torch.unique(idx[0] * n_cols + idx[1], return_inverse=True)
+    pooled = torch.full((len(keys),), -torch.inf, dtype=vals.dtype, device=vals.device)
+    pooled = pooled.scatter_reduce(0, inverse, vals, reduce="amax")
+    out = torch.sparse_coo_tensor(torch.stack([keys // n_cols, keys % n_cols]), pooled,
+                                  (n_rows, n_cols), check_invariants=False).coalesce()
+    return out.to_sparse_csr()
 
 
 def transpose_csr(adj: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,9 @@ def load_data(dataset: DatasetConfig, noise: NoiseConfig, data_dir: str | Path,
     else:
         folder = Path(data_dir) / (dataset.folder or dataset.name)
         data = load_mmrec(folder, dataset.name, dataset.inter_file, dict(dataset.features),
-                          required_modalities)
+                          required_modalities, synthetic=dataset.synthetic_features,
+                          feature_dims=dict(dataset.feature_dims),
+                          synthetic_seed=dataset.synthetic_features_seed)
     data.info["noise"] = inject_noise(data, noise)
     report_cold(data)
     return data

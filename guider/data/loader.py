@@ -3,12 +3,14 @@
 ``<data_dir>/<folder>/<name>.inter``: tab-separated with a header; required columns ``userID``,
 ``itemID``, ``x_label`` (0 train, 1 valid, 2 test); ``rating`` / ``timestamp`` and any other
 columns are accepted and ignored. Feature files ``<modality>_feat.npy`` hold one row per item
-(row k = item k), float16 or float32.
+(row k = item k), float16 or float32. With ``dataset.synthetic_features=true`` an absent feature
+file is replaced by seeded Gaussian noise (``synthetic_features``), recorded and warned about.
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,10 @@ from .errors import DataError
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
+# Width of generated stand-in features (dataset.synthetic_features=true) for a modality that
+# dataset.feature_dims does not declare: MMRec's VGG16 image (4096) and sentence-transformer text
+# (384) features, TikTok's audio (128).
+SYNTHETIC_FEATURE_DIMS = {"image": 4096, "text": 384, "audio": 128}
 
 
 def read_inter(path: Path) -> pd.DataFrame:
@@ -49,7 +55,7 @@ def read_inter(path: Path) -> pd.DataFrame:
             example = bad.iloc[0] if len(bad) else df[col].iloc[0]
             raise DataError(
                 f"{path}: column {col} must hold integers, found e.g. '{example}'. "
-                f"Map raw ids to 0..n-1 integers first (scripts/prepare.py does this)."
+                f"Map raw ids to 0..n-1 integers first (guider-prepare does this, docs/prepare.md)."
             )
     return df
 
@@ -120,24 +126,58 @@ def load_features(path: Path, n_items: int) -> np.ndarray:
     return arr
 
 
+def synthetic_feature_dim(modality: str, feature_dims: dict[str, int] | None) -> int:
+    if feature_dims and modality in feature_dims:
+        return int(feature_dims[modality])
+    if modality in SYNTHETIC_FEATURE_DIMS:
+        return SYNTHETIC_FEATURE_DIMS[modality]
+    raise DataError(
+        f"dataset.synthetic_features=true but no width is known for modality '{modality}': add "
+        f"it to feature_dims in the dataset yaml, or +dataset.feature_dims.{modality}=<dims> on "
+        f"the command line (defaults exist only for "
+        f"{', '.join(f'{m} {d}' for m, d in SYNTHETIC_FEATURE_DIMS.items())})"
+    )
+
+
+def synthetic_features(modality: str, n_items: int, dim: int, seed: int) -> np.ndarray:
+    """Stand-in features for an absent file: i.i.d. standard Gaussian, float32, ``n_items x dim``.
+
+    Pure noise by design (no signal about items or interactions): they exist so a feature model
+    can be timed on a dataset whose feature files are missing, not to be learned from. The stream
+    depends on ``seed`` and the modality name only (crc32, stable across processes), so two
+    modalities differ and a run is reproducible."""
+    rng = np.random.default_rng([seed, zlib.crc32(modality.encode())])
+    return rng.standard_normal((n_items, dim), dtype=np.float32)
+
+
 def load_mmrec(
     folder: Path,
     name: str,
     inter_file: str | None,
     feature_files: dict[str, str],
     required_modalities: list[str] | None = None,
+    synthetic: bool = False,
+    feature_dims: dict[str, int] | None = None,
+    synthetic_seed: int = 0,
 ) -> Interactions:
     """Load one MMRec-format folder. Feature files that exist are loaded; a missing one is an
-    error only when its modality is in ``required_modalities``."""
+    error only when its modality is in ``required_modalities``, unless ``synthetic`` is true:
+    then every missing one is replaced by seeded Gaussian noise (``synthetic_features``), the run
+    warns, and ``info["synthetic_features"]`` maps each generated modality to its width."""
     path = folder / (inter_file or f"{name}.inter")
     df = read_inter(path)
     n_users, n_items, train, valid, test = split_frame(path, df)
     features: dict[str, np.ndarray] = {}
     absent: list[str] = []
+    generated: dict[str, int] = {}
     for modality, fname in feature_files.items():
         fpath = folder / fname
         if fpath.is_file():
             features[modality] = load_features(fpath, n_items)
+        elif synthetic:
+            dim = synthetic_feature_dim(modality, feature_dims)
+            features[modality] = synthetic_features(modality, n_items, dim, synthetic_seed)
+            generated[modality] = dim
         elif required_modalities is not None and modality in required_modalities:
             raise DataError(
                 f"feature file for modality '{modality}' not found: {fpath}. It is declared in "
@@ -147,6 +187,14 @@ def load_mmrec(
         else:
             absent.append(modality)
     data = Interactions(name, n_users, n_items, train, valid, test, features)
+    if generated:
+        data.info["synthetic_features"] = generated
+        log.warning(
+            "%s: feature file(s) absent for %s; dataset.synthetic_features=true filled them with "
+            "seeded Gaussian noise (%s). These features carry no signal: use such runs for speed, "
+            "never for accuracy.",
+            name, ", ".join(generated), ", ".join(f"{m} {n_items}x{d}" for m, d in generated.items()),
+        )
     if absent:
         data.info["absent_modalities"] = absent
         log.info("%s: feature files absent for %s (not needed by this model)", name, ", ".join(absent))

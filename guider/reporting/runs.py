@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from ..config import dataset_identity, drop_neutral
+
 log = logging.getLogger("guider")
 
 # Keys that do not change what a run computes: they are left out of the config hash, so a run
@@ -31,7 +33,8 @@ def _plain(cfg: Any) -> dict:
 
 
 def config_hash(cfg: Any, length: int = 12) -> str:
-    """Hash of the resolved configuration, without the keys in ``HASH_EXCLUDE``.
+    """Hash of the resolved configuration, without the keys in ``HASH_EXCLUDE`` (nor the dataset
+    keys of ``guider.config.SYNTHETIC_FEATURE_KEYS`` while synthetic_features is off).
 
     Accepts a DictConfig (the task config, or a full config with a ``hydra`` node) or the plain
     dict of a saved ``config.yaml``; both give the same hash for the same run."""
@@ -43,6 +46,9 @@ def config_hash(cfg: Any, length: int = 12) -> str:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(leaf, None)
+    if isinstance(data.get("dataset"), dict):
+        data["dataset"] = dataset_identity(data["dataset"])
+    data = drop_neutral(data)  # eval.sample_users=0 etc.: keys newer than older run folders
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 

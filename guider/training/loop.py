@@ -25,7 +25,7 @@ from ..backbones import Backbone
 from ..config import EvalConfig, TrainConfig
 from ..data import BPRSampler, Interactions
 from ..denoise import Denoiser, weighted_mean
-from ..evaluation import build_eval_set, evaluate
+from ..evaluation import EvalSet, build_eval_set, evaluate, sample_users
 from ..optim import make_adam
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,30 @@ class FitResult:
     seconds: dict[str, float]
     stopped_early: bool
     eval_excluded: dict
+    eval_sample: dict | None = None
+
+
+def build_eval_sets(data: Interactions,
+                    evalc: EvalConfig) -> tuple[EvalSet, EvalSet, dict | None]:
+    """The valid and test evaluation sets; with ``eval.sample_users=N`` both restricted to the
+    same fixed sample of N users (an approximation, recorded in metrics.json as
+    ``eval_sample``)."""
+    valid = build_eval_set(data.train.users, data.train.items, data.valid.users,
+                           data.valid.items, data.n_users, data.n_items)
+    test = build_eval_set(data.train.users, data.train.items, data.test.users,
+                          data.test.items, data.n_users, data.n_items)
+    if evalc.sample_users <= 0:
+        return valid, test, None
+    pool = len(sample_users([valid, test], 0, evalc.sample_seed))
+    chosen = sample_users([valid, test], evalc.sample_users, evalc.sample_seed)
+    valid, test = valid.restrict(chosen), test.restrict(chosen)
+    info = {"users": evalc.sample_users, "seed": evalc.sample_seed, "eligible_users": pool,
+            "sampled_users": len(chosen), "valid_users": len(valid.users),
+            "test_users": len(test.users)}
+    log.info("evaluating a fixed sample of %d of %d users (eval.sample_users, seed %d): "
+             "metrics are an approximation of the full evaluation", len(chosen), pool,
+             evalc.sample_seed)
+    return valid, test, info
 
 
 def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainConfig,
@@ -69,10 +93,7 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
     sampler = BPRSampler(data.train.users, data.train.items, data.n_items, train.batch_size,
                          generator, device)
     optimizer = make_adam(model.parameters(), train.lr)
-    valid_set = build_eval_set(data.train.users, data.train.items, data.valid.users,
-                               data.valid.items, data.n_users, data.n_items)
-    test_set = build_eval_set(data.train.users, data.train.items, data.test.users,
-                              data.test.items, data.n_users, data.n_items)
+    valid_set, test_set, eval_sample = build_eval_sets(data, evalc)
     state = TrainState()
     best_model = None
 
@@ -184,4 +205,5 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
         seconds={"train": state.seconds_train, "eval": state.seconds_eval + seconds_final},
         stopped_early=state.finished,
         eval_excluded={"valid": valid_set.excluded, "test": test_set.excluded},
+        eval_sample=eval_sample,
     )

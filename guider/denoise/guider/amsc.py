@@ -47,7 +47,7 @@ def cross_modal_confidence(z: dict[str, torch.Tensor], k: int, block: int) -> to
     n = next(iter(z.values())).shape[0]
     if len(names) < 2:
         return torch.ones(n)
-    nbrs = {m: knn_indices(z[m], k, block) for m in names}
+    nbrs = {m: knn_indices(z[m], k, block, knob="denoise.amsc.knn_block") for m in names}
     total = torch.zeros(n)
     pairs = list(combinations(names, 2))
     for a, b in pairs:

@@ -11,6 +11,10 @@ All users share M, so one Sinkhorn runs for the whole batch of users with matrix
 is the transport cost <P, M> (what ``ot.sinkhorn2`` returns); its gradient with respect to p_u
 is the dual potential f_u = eps log(u_u), the envelope gradient of the entropic problem (POT's
 ``grad="envelope"``), so no backward pass through the iterations is needed.
+
+Cost per batch: kd.users x kd.items scores and kd.items^2 for M and the Sinkhorn kernels,
+independent of the dataset's size; ``Distiller`` checks that memory before training starts
+(``guider.sizecheck``, naming kd.items and kd.users).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ...data import Batch
+from ...sizecheck import check_size
 
 @dataclass
 class KDConfig:
@@ -91,10 +96,23 @@ def transport_cost(item_emb: torch.Tensor) -> torch.Tensor:
     return M / top if top > 0 else M
 
 
+def step_bytes(cfg: KDConfig, n_items: int) -> int:
+    """Memory of one distillation step: the candidates' cost matrix M and the Sinkhorn kernels
+    K, K^T, K*M (candidates x candidates) and about a dozen users x candidates rows (scores of
+    student and teacher, p, q, the scalings u and v, gradients), float32. It depends only on
+    kd.users and kd.items, never on the dataset's size."""
+    c = min(cfg.items, n_items)
+    return 4 * (5 * c * c + 12 * cfg.users * c)
+
+
 class Distiller:
     def __init__(self, cfg: KDConfig, n_items: int, seed: int):
         if cfg.type not in ("ot", "kl", "none"):
             raise ValueError(f"denoise.kd.type={cfg.type!r}: choose ot, kl or none")
+        if cfg.type != "none":
+            check_size(f"GUIDER's distillation step ({cfg.users:,} users x "
+                       f"{min(cfg.items, n_items):,} candidate items)", step_bytes(cfg, n_items),
+                       "denoise.kd.items and denoise.kd.users")
         self.cfg = cfg
         self.n_items = n_items
         self.generator = torch.Generator().manual_seed(seed)
