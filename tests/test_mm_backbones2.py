@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from .test_freedom import ONE_MODALITY, THREE_MODALITIES, build, tiny_data
-from .test_mm_backbones import first_batch
+from .test_mm_backbones import assert_same_seed_same_losses, first_batch
 
 MODELS = ["mgcn", "lgmrec"]
 
@@ -38,22 +38,4 @@ def test_main_term_per_sample_aux_scalars_and_gradients(tiny_cfg, name, modaliti
 
 @pytest.mark.parametrize("name", MODELS)
 def test_same_seed_same_model_and_losses(tiny_cfg, name):
-    data = tiny_data(THREE_MODALITIES)
-    batch = first_batch(data)
-    runs = []
-    for seed in (3, 3, 4):
-        _, model, _ = build(tiny_cfg(f"backbone={name}", f"seed={seed}"), data)
-        model.train()
-        model.pre_epoch(0)
-        opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        out = []
-        for _ in range(3):
-            losses = model.losses(batch)
-            loss = losses.main.mean() + sum(losses.aux.values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            out.append(losses.main.detach())
-        runs.append(torch.stack(out))
-    assert torch.equal(runs[0], runs[1])
-    assert not torch.equal(runs[0], runs[2])
+    assert_same_seed_same_losses(tiny_cfg, name, tiny_data(THREE_MODALITIES))

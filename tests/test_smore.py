@@ -18,7 +18,7 @@ from guider.training import fit
 
 from .conftest import run_interrupted_then_resumed
 from .test_freedom import LR_FAST, ONE_MODALITY, THREE_MODALITIES, build, tiny_data
-from .test_mm_backbones import first_batch
+from .test_mm_backbones import assert_same_seed_same_losses, first_batch
 
 TWO_MODALITIES = {"image": ModalityConfig(40, 0.6), "text": ModalityConfig(24, 0.5)}
 MODALITY_SETS = [ONE_MODALITY, TWO_MODALITIES, THREE_MODALITIES]
@@ -205,24 +205,7 @@ def test_dropout_only_in_training_from_the_models_own_generator(tiny_cfg):
 
 
 def test_same_seed_same_model_and_losses(tiny_cfg):
-    data = tiny_data(TWO_MODALITIES)
-    batch = first_batch(data)
-    runs = []
-    for seed in (3, 3, 4):
-        _, model, _ = build(tiny_cfg("backbone=smore", f"seed={seed}"), data)
-        model.train()
-        opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        out = []
-        for _ in range(3):
-            losses = model.losses(batch)
-            loss = losses.main.mean() + sum(losses.aux.values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            out.append(losses.main.detach())
-        runs.append(torch.stack(out))
-    assert torch.equal(runs[0], runs[1])
-    assert not torch.equal(runs[0], runs[2])
+    assert_same_seed_same_losses(tiny_cfg, "smore", tiny_data(TWO_MODALITIES))
 
 
 def test_resume_matches_uninterrupted_run(tiny_cfg, tmp_path):

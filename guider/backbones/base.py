@@ -53,6 +53,14 @@ class Backbone(nn.Module):
         self.modalities: list[str] = list(getattr(data, "features", {}))
         self._batch_cache: tuple[weakref.ref, torch.Tensor, torch.Tensor] | None = None
 
+    def init_id_embeddings(self, user_dim: int, item_dim: int | None = None) -> None:
+        """``self.user_emb`` / ``self.item_emb``: ID embedding tables, Xavier-uniform initialised
+        (the MMRec convention; the RNG draws are those of building both tables, then both inits)."""
+        self.user_emb = nn.Embedding(self.n_users, user_dim)
+        self.item_emb = nn.Embedding(self.n_items, item_dim if item_dim is not None else user_dim)
+        nn.init.xavier_uniform_(self.user_emb.weight)
+        nn.init.xavier_uniform_(self.item_emb.weight)
+
     def remember(self, batch: Batch, users: torch.Tensor, items: torch.Tensor) -> None:
         """Keep the representations computed in ``losses(batch)`` so that a denoiser's loss on
         the same batch (distillation) reuses them, and its gradient joins the same backward."""

@@ -21,10 +21,7 @@ class MFConfig(BackboneConfig):
 class MF(Backbone):
     def __init__(self, cfg: MFConfig, data: Interactions):
         super().__init__(cfg, data)
-        self.user_emb = nn.Embedding(data.n_users, cfg.embedding_dim)
-        self.item_emb = nn.Embedding(data.n_items, cfg.embedding_dim)
-        nn.init.xavier_uniform_(self.user_emb.weight)
-        nn.init.xavier_uniform_(self.item_emb.weight)
+        self.init_id_embeddings(cfg.embedding_dim)
 
     def losses(self, batch: Batch) -> Losses:
         u = self.user_emb(batch.users)

@@ -92,10 +92,7 @@ class MGCN(Backbone):
         check_config(cfg)
         d = cfg.embedding_dim
         n_users, n_items = data.n_users, data.n_items
-        self.user_emb = nn.Embedding(n_users, d)
-        self.item_emb = nn.Embedding(n_items, d)
-        nn.init.xavier_uniform_(self.user_emb.weight)
-        nn.init.xavier_uniform_(self.item_emb.weight)
+        self.init_id_embeddings(d)
 
         self.proj = nn.ModuleList()         # feature transforms W_m x + b_m
         self.purify = nn.ModuleList()       # behaviour-guided gates (Eq. 2)

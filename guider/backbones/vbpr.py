@@ -92,10 +92,7 @@ class VBPR(Backbone):
         feats = concatenated_features(data)
         self.register_buffer("feats", feats, persistent=False)
         k, kv = cfg.embedding_dim, cfg.visual_dim
-        self.user_emb = nn.Embedding(data.n_users, k + kv)  # [gamma_u, theta_u]
-        self.item_emb = nn.Embedding(data.n_items, k)  # gamma_i
-        nn.init.xavier_uniform_(self.user_emb.weight)
-        nn.init.xavier_uniform_(self.item_emb.weight)
+        self.init_id_embeddings(k + kv, k)  # users [gamma_u, theta_u], items gamma_i
         # E (K' rows) and beta' (one more row) as one map: a single product per batch
         self.proj = nn.Linear(feats.shape[1], kv + 1, bias=False)
         with torch.no_grad():
