@@ -33,6 +33,15 @@ class Losses:
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
+def require_at_least(cfg: BackboneConfig, minimum: int, *keys: str) -> None:
+    """Raise ``ValueError`` for the first of ``keys`` whose value in ``cfg`` is below
+    ``minimum`` (a NaN fails too)."""
+    for key in keys:
+        value = getattr(cfg, key)
+        if not value >= minimum:
+            raise ValueError(f"backbone.{key}={value}: must be >= {minimum}")
+
+
 class Backbone(nn.Module):
     """A recommender: built from (config, data); trained through ``losses``; ranked through
     ``scorer``. Subclasses set ``uses_features`` when they read item features."""

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Batch, Interactions
-from .base import BACKBONES, Backbone, BackboneConfig, Losses
+from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
 from .graphs import bipartite_adjacency, lightgcn_propagate
 
 
@@ -73,13 +73,8 @@ class BM3Config(BackboneConfig):
 def check_config(cfg: BM3Config) -> None:
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"backbone.dropout={cfg.dropout}: the dropout ratio must lie in [0, 1)")
-    if cfg.embedding_dim < 1:
-        raise ValueError(f"backbone.embedding_dim={cfg.embedding_dim}: must be >= 1")
-    if cfg.n_layers < 0:
-        raise ValueError(f"backbone.n_layers={cfg.n_layers}: must be >= 0")
-    for key in ("reg_weight", "align_weight"):
-        if not getattr(cfg, key) >= 0.0:
-            raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 0")
+    require_at_least(cfg, 1, "embedding_dim")
+    require_at_least(cfg, 0, "n_layers", "reg_weight", "align_weight")
 
 
 def cosine_loss(a: torch.Tensor, b_unit: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..data import Batch, Interactions
-from .base import BACKBONES, Backbone, BackboneConfig, Losses
+from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
 from .graphs import (bipartite_adjacency, degree_sensitive_prune, knn_graph, lightgcn_propagate,
                      mix_graphs, spmm, transpose_csr, unit_rows)
 from .losses import bpr_terms, l2_reg
@@ -90,12 +90,8 @@ def mixing_weights(modalities: list[str], configured: dict[str, float]) -> list[
 def check_config(cfg: FreedomConfig) -> None:
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"backbone.dropout={cfg.dropout}: the pruned share must lie in [0, 1)")
-    for key in ("knn_k", "knn_block_size", "embedding_dim"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 1")
-    for key in ("n_layers_ii", "n_layers_ui"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 0")
+    require_at_least(cfg, 1, "knn_k", "knn_block_size", "embedding_dim")
+    require_at_least(cfg, 0, "n_layers_ii", "n_layers_ui")
 
 
 @BACKBONES.register("freedom", FreedomConfig)

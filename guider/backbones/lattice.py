@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Batch, Interactions
-from .base import BACKBONES, Backbone, BackboneConfig, Losses
+from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
 from .graphs import bipartite_adjacency, lightgcn_propagate, spmm, transpose_csr, unit_rows
 from .losses import bpr_terms, l2_reg
 
@@ -254,11 +254,5 @@ def check_config(cfg: LatticeConfig) -> None:
         raise ValueError(f"backbone.lambda_coeff={cfg.lambda_coeff}: must lie in [0, 1]")
     if cfg.rebuild not in REBUILD:
         raise ValueError(f"backbone.rebuild={cfg.rebuild!r}: choose {' or '.join(REBUILD)}")
-    for key in ("knn_k", "knn_block_size", "embedding_dim", "feat_embed_dim"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 1")
-    for key in ("n_layers_ii", "n_layers_ui"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 0")
-    if not cfg.reg_weight >= 0.0:
-        raise ValueError(f"backbone.reg_weight={cfg.reg_weight}: must be >= 0")
+    require_at_least(cfg, 1, "knn_k", "knn_block_size", "embedding_dim", "feat_embed_dim")
+    require_at_least(cfg, 0, "n_layers_ii", "n_layers_ui", "reg_weight")

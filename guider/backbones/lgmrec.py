@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Batch, Interactions
-from .base import BACKBONES, Backbone, BackboneConfig, Losses
+from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
 from .graphs import (bipartite_adjacency, lightgcn_propagate, spmm, sym_spmm, transpose_csr,
                      user_item_matrix)
 from .losses import bpr_terms
@@ -81,20 +81,14 @@ class LGMRecConfig(BackboneConfig):
 
 
 def check_config(cfg: LGMRecConfig) -> None:
-    for key in ("embedding_dim", "n_hyperedges"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 1")
-    for key in ("n_layers_ui", "n_layers_mm", "n_layers_hyper"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 0")
+    require_at_least(cfg, 1, "embedding_dim", "n_hyperedges")
+    require_at_least(cfg, 0, "n_layers_ui", "n_layers_mm", "n_layers_hyper")
     if not 0.0 < cfg.keep_rate <= 1.0:
         raise ValueError(f"backbone.keep_rate={cfg.keep_rate}: must lie in (0, 1]")
     for key in ("tau", "cl_temperature"):
         if not getattr(cfg, key) > 0:
             raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be > 0")
-    for key in ("alpha", "cl_weight"):
-        if not getattr(cfg, key) >= 0:
-            raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 0")
+    require_at_least(cfg, 0, "alpha", "cl_weight")
 
 
 def info_nce_sum(anchor: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor,

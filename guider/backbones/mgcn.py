@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Batch, Interactions
-from .base import BACKBONES, Backbone, BackboneConfig, Losses
+from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
 from .graphs import (bipartite_adjacency, knn_graph, lightgcn_propagate, spmm, transpose_csr,
                      unit_rows, user_item_matrix)
 from .losses import bpr_terms, l2_reg
@@ -64,16 +64,11 @@ class MGCNConfig(BackboneConfig):
 
 
 def check_config(cfg: MGCNConfig) -> None:
-    for key in ("knn_k", "knn_block_size", "embedding_dim"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 1")
-    for key in ("n_layers_ii", "n_layers_ui"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 0")
+    require_at_least(cfg, 1, "knn_k", "knn_block_size", "embedding_dim")
+    require_at_least(cfg, 0, "n_layers_ii", "n_layers_ui")
     if not cfg.cl_temperature > 0:
         raise ValueError(f"backbone.cl_temperature={cfg.cl_temperature}: must be > 0")
-    if not cfg.cl_weight >= 0:
-        raise ValueError(f"backbone.cl_weight={cfg.cl_weight}: must be >= 0")
+    require_at_least(cfg, 0, "cl_weight")
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -78,7 +78,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Batch, Interactions
-from .base import BACKBONES, Backbone, BackboneConfig, Losses
+from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
 from .graphs import (bipartite_adjacency, knn_graph, lightgcn_propagate, max_pool_graphs, spmm,
                      transpose_csr, unit_rows, user_item_matrix)
 from .losses import bpr_terms, l2_reg
@@ -100,22 +100,16 @@ class SMOREConfig(BackboneConfig):
 
 
 def check_config(cfg: SMOREConfig) -> None:
-    for key in ("knn_k_default", "knn_block_size", "embedding_dim"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 1")
+    require_at_least(cfg, 1, "knn_k_default", "knn_block_size", "embedding_dim")
     for m, k in cfg.knn_k.items():
         if k < 1:
             raise ValueError(f"backbone.knn_k.{m}={k}: must be >= 1")
-    for key in ("n_layers_ii", "n_layers_ui"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 0")
+    require_at_least(cfg, 0, "n_layers_ii", "n_layers_ui")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"backbone.dropout={cfg.dropout}: the dropout ratio must lie in [0, 1)")
     if not cfg.cl_temperature > 0:
         raise ValueError(f"backbone.cl_temperature={cfg.cl_temperature}: must be > 0")
-    for key in ("cl_weight", "reg_weight"):
-        if not getattr(cfg, key) >= 0:
-            raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 0")
+    require_at_least(cfg, 0, "cl_weight", "reg_weight")
 
 
 # -- the spectral operations --------------------------------------------------------------------

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from ..data import Batch, Interactions
-from .base import BACKBONES, Backbone, BackboneConfig, Losses
+from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
 from .losses import bpr_terms, l2_reg
 
 
@@ -83,12 +83,8 @@ class VBPR(Backbone):
 
     def __init__(self, cfg: VBPRConfig, data: Interactions):
         super().__init__(cfg, data)
-        for key in ("embedding_dim", "visual_dim"):
-            if getattr(cfg, key) < 1:
-                raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 1")
-        for key in ("reg_weight", "proj_reg_weight"):
-            if not getattr(cfg, key) >= 0.0:
-                raise ValueError(f"backbone.{key}={getattr(cfg, key)}: must be >= 0")
+        require_at_least(cfg, 1, "embedding_dim", "visual_dim")
+        require_at_least(cfg, 0, "reg_weight", "proj_reg_weight")
         feats = concatenated_features(data)
         self.register_buffer("feats", feats, persistent=False)
         k, kv = cfg.embedding_dim, cfg.visual_dim

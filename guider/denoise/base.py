@@ -8,7 +8,7 @@ A denoiser may (1) weight the backbone's unreduced main term per sample, (2) add
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -75,6 +75,12 @@ def weighted_mean(terms: torch.Tensor, weights: torch.Tensor | None) -> torch.Te
     if weights is None:
         return terms.mean()
     return (weights * terms).sum() / weights.sum().clamp(min=1.0)
+
+
+def check_choice(value: str, choices: Sequence[str], key: str) -> None:
+    """Raise ``ValueError`` naming ``denoise.<key>`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"denoise.{key}={value!r}: choose one of {', '.join(choices)}")
 
 
 DENOISERS: Registry[Denoiser] = Registry("denoise")

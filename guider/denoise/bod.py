@@ -76,7 +76,7 @@ from torch import nn
 from ..backbones import Backbone
 from ..data import Batch, Interactions
 from ..optim import make_adam
-from .base import DENOISERS, Denoiser, DenoiseConfig
+from .base import DENOISERS, Denoiser, DenoiseConfig, check_choice
 from .tce import RunningScore, check_rate
 
 OUTER_TARGETS = ("consensus", "alignment")
@@ -178,9 +178,7 @@ class BOD(Denoiser):
     def __init__(self, cfg: BODConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         super().__init__(cfg, data, backbone, device, seed)
-        if cfg.outer_target not in OUTER_TARGETS:
-            raise ValueError(f"denoise.outer_target={cfg.outer_target!r}: "
-                             f"choose one of {', '.join(OUTER_TARGETS)}")
+        check_choice(cfg.outer_target, OUTER_TARGETS, "outer_target")
         if cfg.generator_dim < 1:
             raise ValueError(f"denoise.generator_dim={cfg.generator_dim} must be >= 1")
         if cfg.generator_lr < 0:

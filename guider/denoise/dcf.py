@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from ..backbones import Backbone
 from ..data import Batch, Interactions
-from .base import DENOISERS, Denoiser, DenoiseConfig
+from .base import DENOISERS, Denoiser, DenoiseConfig, check_choice
 from .tce import check_rate, drop_rate_at, n_kept
 
 RELABEL = ("flip", "drop")
@@ -86,8 +86,7 @@ class DCF(Denoiser):
         super().__init__(cfg, data, backbone, device, seed)
         check_rate(cfg.drop_rate, "drop_rate")
         check_rate(cfg.relabel_ratio, "relabel_ratio", upper_open=False)
-        if cfg.relabel not in RELABEL:
-            raise ValueError(f"denoise.relabel={cfg.relabel!r}: choose one of {', '.join(RELABEL)}")
+        check_choice(cfg.relabel, RELABEL, "relabel")
         if cfg.num_gradual < 0:
             raise ValueError(f"denoise.num_gradual={cfg.num_gradual} must be >= 0")
         if cfg.window_epochs < 1:

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from ..backbones import BACKBONES, Backbone, build_backbone
 from ..data import Batch, Interactions
 from ..optim import make_adam
-from .base import DENOISERS, Denoiser, DenoiseConfig
+from .base import DENOISERS, Denoiser, DenoiseConfig, check_choice
 from .tce import RunningScore, check_rate
 
 CHANNELS = ("alternate", "dp", "dn")
@@ -108,12 +108,8 @@ class DeCA(Denoiser):
     def __init__(self, cfg: DeCAConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         super().__init__(cfg, data, backbone, device, seed)
-        if cfg.channel not in CHANNELS:
-            raise ValueError(f"denoise.channel={cfg.channel!r}: "
-                             f"choose one of {', '.join(CHANNELS)}")
-        if cfg.aux_model not in AUX_MODELS:
-            raise ValueError(f"denoise.aux_model={cfg.aux_model!r}: "
-                             f"choose one of {', '.join(AUX_MODELS)}")
+        check_choice(cfg.channel, CHANNELS, "channel")
+        check_choice(cfg.aux_model, AUX_MODELS, "aux_model")
         if not 0.0 <= cfg.alpha <= 1.0:
             raise ValueError(f"denoise.alpha={cfg.alpha} must be in [0, 1]")
         check_rate(cfg.score_momentum, "score_momentum")

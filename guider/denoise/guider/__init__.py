@@ -18,7 +18,7 @@ import torch
 from ...backbones import BACKBONES, Backbone, build_backbone
 from ...data import Batch, Interactions
 from ...optim import make_adam
-from ..base import DENOISERS, Denoiser, DenoiseConfig, weighted_mean
+from ..base import DENOISERS, Denoiser, DenoiseConfig, check_choice, weighted_mean
 from .amsc import AMSC, AMSCConfig
 from .distill import Distiller, KDConfig
 
@@ -47,8 +47,7 @@ class GuiderConfig(DenoiseConfig):
 
 def build_teacher(cfg: GuiderConfig, data: Interactions, device: torch.device,
                   seed: int) -> Backbone:
-    if cfg.teacher not in TEACHERS:
-        raise ValueError(f"denoise.teacher={cfg.teacher!r}: choose one of {', '.join(TEACHERS)}")
+    check_choice(cfg.teacher, TEACHERS, "teacher")
     schema = BACKBONES.get(cfg.teacher).schema
     tcfg = schema(name=cfg.teacher, embedding_dim=cfg.teacher_dim, reg_weight=cfg.teacher_reg)
     if cfg.teacher == "lightgcn":
