@@ -70,6 +70,16 @@ class Backbone(nn.Module):
         nn.init.xavier_uniform_(self.user_emb.weight)
         nn.init.xavier_uniform_(self.item_emb.weight)
 
+    def load_features(self, data: Interactions, k: int) -> torch.Tensor:
+        """The item features of modality ``self.modalities[k]`` as a float32 tensor, checked to
+        have one row per item and registered as the (non-persistent) buffer ``feat_{k}``."""
+        m = self.modalities[k]
+        feats = torch.as_tensor(data.features[m], dtype=torch.float32)
+        if feats.shape[0] != self.n_items:
+            raise ValueError(f"features '{m}' have {feats.shape[0]} rows for {self.n_items} items")
+        self.register_buffer(f"feat_{k}", feats, persistent=False)
+        return feats
+
     def remember(self, batch: Batch, users: torch.Tensor, items: torch.Tensor) -> None:
         """Keep the representations computed in ``losses(batch)`` so that a denoiser's loss on
         the same batch (distillation) reuses them, and its gradient joins the same backward."""

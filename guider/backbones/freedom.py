@@ -115,11 +115,8 @@ class Freedom(Backbone):
             nn.init.xavier_uniform_(self.embedding.weight[n_users:])
         self.proj = nn.ModuleList()
         graphs = []
-        for k, m in enumerate(self.modalities):
-            feats = torch.as_tensor(data.features[m], dtype=torch.float32)
-            if feats.shape[0] != n_items:
-                raise ValueError(f"features '{m}' have {feats.shape[0]} rows for {n_items} items")
-            self.register_buffer(f"feat_{k}", feats, persistent=False)
+        for k in range(len(self.modalities)):
+            feats = self.load_features(data, k)
             self.proj.append(nn.Linear(feats.shape[1], d))
             graphs.append(knn_graph(unit_rows(feats), cfg.knn_k, cfg.knn_block_size,
                                     knob="backbone.knn_block_size"))

@@ -144,6 +144,22 @@ def user_item_matrix(users: torch.Tensor, items: torch.Tensor, n_users: int, n_i
     return r.to_sparse_csr()
 
 
+def user_item_graphs(users: torch.Tensor, items: torch.Tensor, n_users: int,
+                     n_items: int) -> dict[str, torch.Tensor]:
+    """The training graph for models that propagate on it and aggregate item rows into users,
+    by buffer name: ``adj``, the symmetric-normalised bipartite adjacency
+    (``bipartite_adjacency``); ``r_norm``, the user x item matrix with values 1/sqrt(d_u d_i)
+    (degrees counted in the edge list), so that r_norm @ X gives e_u = sum_i X_i / sqrt(d_u d_i);
+    ``r_norm_t``, its transpose in CSR (``transpose_csr``, for ``spmm``)."""
+    users = torch.as_tensor(users, dtype=torch.long)
+    items = torch.as_tensor(items, dtype=torch.long)
+    adj = bipartite_adjacency(users, items, n_users, n_items)
+    du = torch.bincount(users, minlength=n_users).float()
+    di = torch.bincount(items, minlength=n_items).float()
+    r = user_item_matrix(users, items, n_users, n_items, values=(du[users] * di[items]).rsqrt())
+    return {"adj": adj, "r_norm": r, "r_norm_t": transpose_csr(r)}
+
+
 # --- Frozen kNN item-item graphs, sparse products with a non-symmetric matrix, and
 # --- degree-sensitive edge pruning (FREEDOM, Zhou & Shen, ACM MM 2023).
 

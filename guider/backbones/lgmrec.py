@@ -112,11 +112,8 @@ class LGMRec(Backbone):
         self.init_id_embeddings(d)
         self.proj = nn.ModuleList()
         self.hyper = nn.ParameterList()
-        for k, m in enumerate(self.modalities):
-            feats = torch.as_tensor(data.features[m], dtype=torch.float32)
-            if feats.shape[0] != n_items:
-                raise ValueError(f"features '{m}' have {feats.shape[0]} rows for {n_items} items")
-            self.register_buffer(f"feat_{k}", feats, persistent=False)
+        for k in range(len(self.modalities)):
+            feats = self.load_features(data, k)
             proj = nn.Linear(feats.shape[1], d, bias=False)
             nn.init.xavier_uniform_(proj.weight)
             self.proj.append(proj)

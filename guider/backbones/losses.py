@@ -15,3 +15,10 @@ def l2_reg(*embeddings: torch.Tensor) -> torch.Tensor:
     """0.5 * sum of squared norms of the batch's embeddings, divided by the batch size."""
     batch = embeddings[0].shape[0]
     return 0.5 * sum(e.pow(2).sum() for e in embeddings) / batch
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean InfoNCE of rows a_k against b_k, the other rows of ``b`` as negatives (cosine)."""
+    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    logits = a @ b.t() / temperature
+    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))

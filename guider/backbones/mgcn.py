@@ -41,14 +41,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from .graphs import (bipartite_adjacency, knn_graph, lightgcn_propagate, spmm, transpose_csr,
-                     unit_rows, user_item_matrix)
-from .losses import bpr_terms, l2_reg
+from .graphs import (knn_graph, lightgcn_propagate, spmm, transpose_csr, unit_rows,
+                     user_item_graphs)
+from .losses import bpr_terms, info_nce, l2_reg
 
 
 @dataclass
@@ -71,13 +70,6 @@ def check_config(cfg: MGCNConfig) -> None:
     require_at_least(cfg, 0, "cl_weight")
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean InfoNCE of rows a_k against b_k, the other rows of ``b`` as negatives (cosine)."""
-    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-    logits = a @ b.t() / temperature
-    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
-
-
 @BACKBONES.register("mgcn", MGCNConfig)
 class MGCN(Backbone):
     uses_features = True
@@ -86,17 +78,13 @@ class MGCN(Backbone):
         super().__init__(cfg, data)
         check_config(cfg)
         d = cfg.embedding_dim
-        n_users, n_items = data.n_users, data.n_items
         self.init_id_embeddings(d)
 
         self.proj = nn.ModuleList()         # feature transforms W_m x + b_m
         self.purify = nn.ModuleList()       # behaviour-guided gates (Eq. 2)
         self.prefer = nn.ModuleList()       # user-preference gates on specific parts (Eq. 8)
-        for k, m in enumerate(self.modalities):
-            feats = torch.as_tensor(data.features[m], dtype=torch.float32)
-            if feats.shape[0] != n_items:
-                raise ValueError(f"features '{m}' have {feats.shape[0]} rows for {n_items} items")
-            self.register_buffer(f"feat_{k}", feats, persistent=False)
+        for k in range(len(self.modalities)):
+            feats = self.load_features(data, k)
             self.proj.append(nn.Linear(feats.shape[1], d))
             self.purify.append(nn.Linear(d, d))
             self.prefer.append(nn.Linear(d, d))
@@ -106,16 +94,10 @@ class MGCN(Backbone):
         # attention of the modality-shared part (Eq. 6)
         self.att = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
 
-        users = torch.as_tensor(data.train.users, dtype=torch.long)
-        items = torch.as_tensor(data.train.items, dtype=torch.long)
-        self.register_buffer("adj", bipartite_adjacency(users, items, n_users, n_items),
-                             persistent=False)
-        du = torch.bincount(users, minlength=n_users).float()
-        di = torch.bincount(items, minlength=n_items).float()
-        vals = (du[users] * di[items]).rsqrt()
-        r = user_item_matrix(users, items, n_users, n_items, values=vals)
-        self.register_buffer("r_norm", r, persistent=False)
-        self.register_buffer("r_norm_t", transpose_csr(r), persistent=False)
+        ui_graphs = user_item_graphs(data.train.users, data.train.items, self.n_users,
+                                     self.n_items)
+        for name, graph in ui_graphs.items():   # adj, r_norm, r_norm_t
+            self.register_buffer(name, graph, persistent=False)
 
     # -- views ------------------------------------------------------------------------------
 

@@ -74,14 +74,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from .graphs import (bipartite_adjacency, knn_graph, lightgcn_propagate, max_pool_graphs, spmm,
-                     transpose_csr, unit_rows, user_item_matrix)
-from .losses import bpr_terms, l2_reg
+from .graphs import (knn_graph, lightgcn_propagate, max_pool_graphs, spmm, transpose_csr,
+                     unit_rows, user_item_graphs)
+from .losses import bpr_terms, info_nce, l2_reg
 
 
 @dataclass
@@ -135,13 +134,6 @@ def spectral_fusion(xs: list[torch.Tensor], weight: torch.Tensor) -> torch.Tenso
                            norm="ortho")
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean InfoNCE of rows a_k against b_k, the other rows of ``b`` as negatives (cosine)."""
-    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-    logits = a @ b.t() / temperature
-    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
-
-
 def _gate(d: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
 
@@ -154,7 +146,6 @@ class SMORE(Backbone):
         super().__init__(cfg, data)
         check_config(cfg)
         d = cfg.embedding_dim
-        n_users, n_items = data.n_users, data.n_items
         self.init_id_embeddings(d)
 
         n_mod = len(self.modalities)
@@ -167,10 +158,7 @@ class SMORE(Backbone):
         graphs = []
         self.knn_k = {}
         for k, m in enumerate(self.modalities):
-            feats = torch.as_tensor(data.features[m], dtype=torch.float32)
-            if feats.shape[0] != n_items:
-                raise ValueError(f"features '{m}' have {feats.shape[0]} rows for {n_items} items")
-            self.register_buffer(f"feat_{k}", feats, persistent=False)
+            feats = self.load_features(data, k)
             self.proj.append(nn.Linear(feats.shape[1], d))
             self.knn_k[m] = int(cfg.knn_k.get(m, cfg.knn_k_default))
             graph = knn_graph(unit_rows(feats), self.knn_k[m], cfg.knn_block_size, weighted=True)
@@ -187,15 +175,10 @@ class SMORE(Backbone):
         self.register_buffer("ii_f", fused, persistent=False)
         self.register_buffer("ii_t_f", transpose_csr(fused), persistent=False)
 
-        users = torch.as_tensor(data.train.users, dtype=torch.long)
-        items = torch.as_tensor(data.train.items, dtype=torch.long)
-        self.register_buffer("adj", bipartite_adjacency(users, items, n_users, n_items),
-                             persistent=False)
-        du = torch.bincount(users, minlength=n_users).float()
-        di = torch.bincount(items, minlength=n_items).float()
-        r = user_item_matrix(users, items, n_users, n_items, values=(du[users] * di[items]).rsqrt())
-        self.register_buffer("r_norm", r, persistent=False)
-        self.register_buffer("r_norm_t", transpose_csr(r), persistent=False)
+        ui_graphs = user_item_graphs(data.train.users, data.train.items, self.n_users,
+                                     self.n_items)
+        for name, graph in ui_graphs.items():   # adj, r_norm, r_norm_t
+            self.register_buffer(name, graph, persistent=False)
 
         self.generator = torch.Generator().manual_seed(torch.initial_seed())
         self.register_buffer("dropout_rng_state", self.generator.get_state())
