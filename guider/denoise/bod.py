@@ -165,12 +165,16 @@ def alignment_gradients(rows: BatchRows, u: torch.Tensor, i: torch.Tensor,
 def row_cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean over rows of 1 - cos(a_r, b_r), over the rows where both are non-zero (a zero row has
     no direction); 0 when there is none."""
+    dtype = a.dtype
+    # float64: when the generator pushes weights towards 0, weighted rows reach ~1e-20, whose
+    # squares and norm products underflow float32 and made the gradient inf/NaN (seen on TikTok)
+    a, b = a.double(), b.double()
     na, nb = a.norm(dim=-1), b.norm(dim=-1)
     keep = (na > 0) & (nb > 0)
     if not bool(keep.any()):
-        return a.sum() * 0.0
+        return a.sum().to(dtype) * 0.0
     cos = (a[keep] * b[keep]).sum(-1) / (na[keep] * nb[keep])
-    return (1.0 - cos).mean()
+    return (1.0 - cos).mean().to(dtype)
 
 
 @DENOISERS.register("bod", BODConfig)
