@@ -257,3 +257,14 @@ def test_row_cosine_distance_finite_for_tiny_rows():
         d.backward()
         assert torch.isfinite(d) and torch.isfinite(a.grad).all()
         assert 0.0 <= d.detach().item() <= 2.0
+
+
+def test_generator_weights_stay_in_the_bounded_range():
+    """Extreme inputs cannot push a weight to 0 or 1 (where the matching gradient overflows)."""
+    from guider.denoise.bod import LOGIT_BOUND, WeightGenerator
+
+    torch.manual_seed(0)
+    gen = WeightGenerator(4, 8)
+    w = gen(torch.randn(64, 4) * 1e6, torch.randn(64, 4) * 1e6)
+    low, high = torch.sigmoid(torch.tensor([-LOGIT_BOUND, LOGIT_BOUND]))
+    assert torch.all(w >= low) and torch.all(w <= high) and torch.all(w > 0)

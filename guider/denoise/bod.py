@@ -92,6 +92,9 @@ class BODConfig(DenoiseConfig):
     score_momentum: float = 0.5  # detection only: EMA momentum of 1 - w per interaction
 
 
+LOGIT_BOUND = 20.0
+
+
 class WeightGenerator(nn.Module):
     """w = sigmoid(dec(enc([e_u, e_i]))), enc = Linear(2d, h) -> ReLU -> Linear(h, h),
     dec = Linear(h, 1): the released code's generator (its variational branch is unused)."""
@@ -104,7 +107,10 @@ class WeightGenerator(nn.Module):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         z = self.encoder(torch.cat([users, items], dim=-1))
-        return torch.sigmoid(self.decoder(z)).squeeze(-1)
+        # logits kept in [-LOGIT_BOUND, LOGIT_BOUND] (w >= 2e-9): the gradient-matching distance
+        # is scale-free per row, so its gradient grows like 1 / |row|; weights that collapse to
+        # ~1e-40 made it overflow float32 and the generator NaN (TikTok, noise >= 0.1)
+        return torch.sigmoid(self.decoder(z).clamp(-LOGIT_BOUND, LOGIT_BOUND)).squeeze(-1)
 
 
 @dataclass
