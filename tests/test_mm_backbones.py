@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from guider.backbones.bm3 import BM3
-from guider.backbones.graphs import unit_rows
-from guider.backbones.lattice import Lattice, knn_topk, sym_norm_knn
+from guider.backbones.graphs import knn_topk, unit_rows
+from guider.backbones.lattice import Lattice, sym_norm_knn
 from guider.backbones.vbpr import VBPR
 from guider.data import BPRSampler
 from guider.pipeline import prepare, run
@@ -142,6 +142,19 @@ def test_vbpr_scores_are_the_papers_predictor(tiny_cfg):
 
 
 # -- LATTICE ----------------------------------------------------------------------------------
+
+
+def test_lattice_knn_blocks_are_size_checked(tiny_cfg, monkeypatch):
+    """LATTICE's kNN graphs go through the shared block-wise top-k, so a block that cannot fit
+    fails before it is built, naming LATTICE's own knob."""
+    from guider.sizecheck import ENV, SizeError
+
+    data = tiny_data(ONE_MODALITY)
+    monkeypatch.setenv(ENV, "1K")
+    with pytest.raises(SizeError, match="backbone.knn_block_size"):
+        build(tiny_cfg("backbone=lattice"), data)
+    monkeypatch.setenv(ENV, "off")
+    build(tiny_cfg("backbone=lattice"), data)
 
 
 @pytest.mark.parametrize("exclude_self", [False, True])

@@ -59,7 +59,8 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from .graphs import bipartite_adjacency, lightgcn_propagate, spmm, transpose_csr, unit_rows
+from .graphs import (bipartite_adjacency, knn_topk, lightgcn_propagate, spmm, transpose_csr,
+                     unit_rows)
 from .losses import bpr_terms, l2_reg
 
 log = logging.getLogger(__name__)
@@ -78,27 +79,6 @@ class LatticeConfig(BackboneConfig):
     reg_weight: float = 1e-5
     rebuild: str = "epoch"
     knn_block_size: int = 2048
-
-
-def knn_topk(z: torch.Tensor, k: int, block_size: int = 2048,
-             exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest inner products of each row of ``z`` with all rows (cosine for unit rows):
-    (values [n, k], indices [n, k]), computed ``block_size`` rows at a time, so memory is
-    O(block_size x n), never n x n. Not differentiable (call it under no_grad and recompute the
-    kept values from the indices when a gradient is needed)."""
-    n = z.shape[0]
-    k = min(k, n - 1 if exclude_self else n)
-    values = torch.empty(n, k, dtype=z.dtype, device=z.device)
-    indices = torch.empty(n, k, dtype=torch.long, device=z.device)
-    zt = z.t().contiguous()
-    for start in range(0, n, block_size):
-        stop = min(start + block_size, n)
-        sims = z[start:stop] @ zt
-        if exclude_self:
-            rows = torch.arange(stop - start, device=z.device)
-            sims[rows, rows + start] = -torch.inf
-        values[start:stop], indices[start:stop] = sims.topk(k, dim=1)
-    return values, indices
 
 
 def sym_norm_knn(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -148,7 +128,8 @@ class Lattice(Backbone):
             self.register_buffer(f"feat_{k}", feats, persistent=False)
             self.proj.append(nn.Linear(feats.shape[1], cfg.feat_embed_dim))
             # the original graph S^m: built once here, frozen, not in the state dict
-            vals, idx = knn_topk(unit_rows(feats), cfg.knn_k, cfg.knn_block_size)
+            vals, idx = knn_topk(unit_rows(feats), cfg.knn_k, cfg.knn_block_size,
+                                 exclude_self=False, knob="backbone.knn_block_size")
             s = knn_csr(sym_norm_knn(vals, idx), idx)
             self.register_buffer(f"orig_{k}", s, persistent=False)
             self.register_buffer(f"orig_t_{k}", transpose_csr(s), persistent=False)
@@ -172,7 +153,8 @@ class Lattice(Backbone):
         from the projected rows (differentiable when grad is enabled)."""
         z = unit_rows(self.proj[k](getattr(self, f"feat_{k}")))
         with torch.no_grad():
-            vals, idx = knn_topk(z.detach(), self.cfg.knn_k, self.cfg.knn_block_size)
+            vals, idx = knn_topk(z.detach(), self.cfg.knn_k, self.cfg.knn_block_size,
+                                 exclude_self=False, knob="backbone.knn_block_size")
         if torch.is_grad_enabled():
             vals = (z.unsqueeze(1) * z[idx]).sum(-1)
         return sym_norm_knn(vals, idx), idx
