@@ -53,9 +53,10 @@ def test_one_and_three_modalities(tiny_cfg, tmp_path, name):
         assert result.test["Recall@20"] > 1.2 * 20 / data.n_items
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_main_term_per_sample_aux_scalars_and_gradients(tiny_cfg, name):
-    data = tiny_data(THREE_MODALITIES)
+def training_step_outputs(tiny_cfg, name, data):
+    """A model in training mode on its first batch: (model, losses, users, items), after checking
+    the main term is per sample, the auxiliary terms scalars, and the step's representations
+    (reused by a denoiser) full tables computed once per step."""
     _, model, _ = build(tiny_cfg(f"backbone={name}"), data)
     model.train()
     model.pre_epoch(0)
@@ -63,10 +64,15 @@ def test_main_term_per_sample_aux_scalars_and_gradients(tiny_cfg, name):
     losses = model.losses(batch)
     assert losses.main.shape == (64,) and losses.main.requires_grad
     assert losses.aux and all(v.shape == () for v in losses.aux.values())
-    # the representations of this step, reused by a denoiser, index like full tables
     users, items = model.batch_embeddings(batch)
     assert users.shape[0] == data.n_users and items.shape[0] == data.n_items
     assert model.batch_embeddings(batch)[1] is items  # computed once per step
+    return model, losses, users, items
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_main_term_per_sample_aux_scalars_and_gradients(tiny_cfg, name):
+    model, losses, users, items = training_step_outputs(tiny_cfg, name, tiny_data(THREE_MODALITIES))
     (losses.main.mean() + sum(losses.aux.values()) + (users[:3] @ items[:5].t()).sum()).backward()
     for p in model.proj.parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .test_freedom import ONE_MODALITY, THREE_MODALITIES, build, tiny_data
-from .test_mm_backbones import assert_same_seed_same_losses, first_batch
+from .test_freedom import ONE_MODALITY, THREE_MODALITIES, tiny_data
+from .test_mm_backbones import assert_same_seed_same_losses, training_step_outputs
 
 MODELS = ["mgcn", "lgmrec"]
 
@@ -16,17 +16,8 @@ MODELS = ["mgcn", "lgmrec"]
 @pytest.mark.parametrize("modalities", [ONE_MODALITY, THREE_MODALITIES], ids=["one", "three"])
 def test_main_term_per_sample_aux_scalars_and_gradients(tiny_cfg, name, modalities):
     data = tiny_data(modalities)
-    _, model, _ = build(tiny_cfg(f"backbone={name}"), data)
-    model.train()
-    model.pre_epoch(0)
-    batch = first_batch(data)
-    losses = model.losses(batch)
-    assert losses.main.shape == (64,) and losses.main.requires_grad
-    assert losses.aux and all(v.shape == () for v in losses.aux.values())
+    model, losses, _, _ = training_step_outputs(tiny_cfg, name, data)
     assert all(torch.isfinite(v) for v in losses.aux.values())
-    users, items = model.batch_embeddings(batch)
-    assert users.shape[0] == data.n_users and items.shape[0] == data.n_items
-    assert model.batch_embeddings(batch)[1] is items
     (losses.main.mean() + sum(losses.aux.values())).backward()
     for p in model.proj.parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0
