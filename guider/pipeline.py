@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from . import __version__, io
 from ._malloc import tune_malloc
 from .backbones import BACKBONES, Backbone, build_backbone
-from .config import RootConfig, check_common, dataset_identity
+from .backbones.cache import GraphCache, interactions_digest, use_graph_cache
+from .config import DatasetConfig, RootConfig, check_common, dataset_identity
 from .data import Interactions, load_data
 from .denoise import DENOISERS, Denoiser, build_denoiser
 from .evaluation import evaluate
@@ -96,8 +97,9 @@ def prepare(cfg: DictConfig) -> Job:
     torch.manual_seed(seed)
     np.random.seed(seed)
     check_model_size(data, backbone_cfg, denoise_cfg, device)
-    model = build_backbone(backbone_cfg, data, device)
-    denoiser = build_denoiser(denoise_cfg, data, model, device, seed)
+    with use_graph_cache(graph_cache(root, dataset, data)):
+        model = build_backbone(backbone_cfg, data, device)
+        denoiser = build_denoiser(denoise_cfg, data, model, device, seed)
     fingerprint = {
         "seed": seed, "dataset": dataset_identity(asdict(dataset)), "noise": asdict(noise),
         "backbone": asdict(backbone_cfg), "denoise": asdict(denoise_cfg),
@@ -107,6 +109,24 @@ def prepare(cfg: DictConfig) -> Job:
     if root.eval.sample_users:  # absent at 0, so older checkpoints still resume
         fingerprint["eval_sample"] = [root.eval.sample_users, root.eval.sample_seed]
     return Job(root, data, model, denoiser, device, fingerprint)
+
+
+def graph_cache(root: RootConfig, dataset: DatasetConfig, data: Interactions) -> GraphCache | None:
+    """The kNN graph cache of this run (None when ``graph_cache.dir`` is null), scoped to its
+    training interactions after noise injection. Refuses a folder inside the dataset's folder."""
+    folder = root.graph_cache.dir
+    if not folder:
+        return None
+    folder = Path(folder).expanduser()
+    if dataset.kind == "mmrec":
+        data_folder = Path(root.data_dir).expanduser() / (dataset.folder or dataset.name)
+        if folder.resolve().is_relative_to(data_folder.resolve()):
+            raise ValueError(
+                f"graph_cache.dir={root.graph_cache.dir!r} lies inside the data folder "
+                f"{data_folder}; caches never go into the data folder: choose another folder, "
+                f"or graph_cache.dir=null to switch the cache off")
+    scope = interactions_digest(data.train.users, data.train.items, data.n_users, data.n_items)
+    return GraphCache(folder, scope, root.graph_cache.min_work)
 
 
 # float32 copies of an embedding table alive in training: the weights, their gradient, Adam's two

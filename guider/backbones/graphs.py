@@ -11,6 +11,7 @@ import warnings
 import torch
 
 from ..sizecheck import check_size
+from .cache import active_graph_cache
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
@@ -122,12 +123,25 @@ def knn_topk(z: torch.Tensor, k: int, block_size: int = 2048, exclude_self: bool
     return values, indices
 
 
+def frozen_knn_topk(z: torch.Tensor, k: int, block_size: int = 2048, exclude_self: bool = True,
+                    knob: str = KNN_KNOB) -> tuple[torch.Tensor, torch.Tensor]:
+    """``knn_topk`` of rows that stay fixed during training (item features), through the graph
+    cache when one is active (``guider.backbones.cache``): the same values and indices, loaded
+    instead of recomputed when nothing they depend on changed. Not for learned rows."""
+    cache = active_graph_cache()
+    with torch.no_grad():
+        if cache is None:
+            return knn_topk(z, k, block_size, exclude_self, knob)
+        return cache.knn_topk(z, k, block_size, exclude_self,
+                              lambda: knn_topk(z, k, block_size, exclude_self, knob))
+
+
 def knn_indices(z: torch.Tensor, k: int, block_size: int = 2048,
                 exclude_self: bool = True, knob: str = KNN_KNOB) -> torch.Tensor:
-    """Indices of the k most similar rows of ``z`` by inner product (cosine for unit rows),
-    computed block by block: memory O(block_size x n), never n x n. On the CPU."""
-    with torch.no_grad():
-        return knn_topk(z, k, block_size, exclude_self, knob)[1].cpu()
+    """Indices of the k most similar rows of the fixed rows ``z`` by inner product (cosine for
+    unit rows), computed block by block (memory O(block_size x n), never n x n) or loaded from
+    the graph cache (``frozen_knn_topk``). On the CPU."""
+    return frozen_knn_topk(z, k, block_size, exclude_self, knob)[1].cpu()
 
 
 def user_item_matrix(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
@@ -179,7 +193,8 @@ def knn_graph(z: torch.Tensor, k: int, block_size: int = 2048,
     (n, n) tensor: S_ij = 1 when j is among the k rows most similar to i (top-k per row, so the
     graph is not symmetric), then normalised D^-1/2 S D^-1/2 with D the row sums (FREEDOM Eq. 3;
     every row has exactly k entries). The similarities are computed ``block_size`` rows at a time
-    (``knn_indices``), so no n x n matrix is ever formed. With ``exclude_self=False`` (FREEDOM's
+    (``frozen_knn_topk``: loaded from the graph cache when one is active and holds them), so no
+    n x n matrix is ever formed. With ``exclude_self=False`` (FREEDOM's
     top-k over the full similarity row) an item is usually its own first neighbour.
 
     ``weighted=True``: S_ij is the similarity z_i . z_j itself instead of 1 (the MMRec toolbox's
@@ -187,8 +202,7 @@ def knn_graph(z: torch.Tensor, k: int, block_size: int = 2048,
     negative similarities cannot get a negative degree; D is then the row sum of these weights
     (a row of zeros gets weight 0)."""
     n = z.shape[0]
-    with torch.no_grad():
-        sims, nbrs = knn_topk(z, k, block_size, exclude_self=exclude_self, knob=knob)
+    sims, nbrs = frozen_knn_topk(z, k, block_size, exclude_self=exclude_self, knob=knob)
     kk = nbrs.shape[1]
     rows = torch.arange(n, device=z.device).repeat_interleave(kk)
     cols = nbrs.reshape(-1)

@@ -59,8 +59,8 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from .graphs import (bipartite_adjacency, knn_topk, lightgcn_propagate, spmm, transpose_csr,
-                     unit_rows)
+from .graphs import (bipartite_adjacency, frozen_knn_topk, knn_topk, lightgcn_propagate, spmm,
+                     transpose_csr, unit_rows)
 from .losses import bpr_terms, l2_reg
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,8 @@ class Lattice(Backbone):
             self.register_buffer(f"feat_{k}", feats, persistent=False)
             self.proj.append(nn.Linear(feats.shape[1], cfg.feat_embed_dim))
             # the original graph S^m: built once here, frozen, not in the state dict
-            vals, idx = knn_topk(unit_rows(feats), cfg.knn_k, cfg.knn_block_size,
-                                 exclude_self=False, knob="backbone.knn_block_size")
+            vals, idx = frozen_knn_topk(unit_rows(feats), cfg.knn_k, cfg.knn_block_size,
+                                        exclude_self=False, knob="backbone.knn_block_size")
             s = knn_csr(sym_norm_knn(vals, idx), idx)
             self.register_buffer(f"orig_{k}", s, persistent=False)
             self.register_buffer(f"orig_t_{k}", transpose_csr(s), persistent=False)

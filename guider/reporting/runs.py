@@ -19,8 +19,10 @@ from ..config import dataset_identity, drop_neutral
 log = logging.getLogger("guider")
 
 # Keys that do not change what a run computes: they are left out of the config hash, so a run
-# resumed with train.resume=true or rerun without progress bars keeps its identity.
-HASH_EXCLUDE = ("hydra", "train.resume", "train.progress", "train.skip_completed", "threads")
+# resumed with train.resume=true, rerun without progress bars or with another graph cache keeps
+# its identity.
+HASH_EXCLUDE = ("hydra", "train.resume", "train.progress", "train.skip_completed", "threads",
+                "graph_cache")
 
 
 def _plain(cfg: Any) -> dict:
