@@ -40,8 +40,8 @@ def measure(dataset: str, backbone: str, denoise: str, data_dir: str, epochs: in
     from guider.cli import CONF_DIR
     from guider.config import register_schemas
     from guider.evaluation import build_eval_set, evaluate
+    from guider import pipeline
     from guider.backbones import build_backbone
-    from guider.pipeline import prepare, validate
     from guider.training import fit
 
     register_schemas()
@@ -51,13 +51,19 @@ def measure(dataset: str, backbone: str, denoise: str, data_dir: str, epochs: in
             f"data_dir={data_dir}", "device=cpu", "graph_cache.dir=null", *overrides,
             f"train.epochs={epochs}", f"train.eval_every={epochs}", "train.progress=false",
             "train.save_checkpoints=false"])
-    job = prepare(cfg)
-    # graph build: the backbone's construction (adjacency, kNN item graphs, projections) once
-    # more on the loaded data, graph cache off (the overrides below), so always a cold build
-    backbone_cfg = validate(cfg)[3]
-    start = time.perf_counter()
-    build_backbone(backbone_cfg, job.data, job.device)
-    build_s = time.perf_counter() - start
+    # graph build: the backbone's construction inside prepare (adjacency, kNN item graphs,
+    # projections), timed around the pipeline's build_backbone; graph cache off (the overrides
+    # below), so always a cold build
+    build_s = []
+
+    def timed_build(*args, **kwargs):
+        start = time.perf_counter()
+        model = build_backbone(*args, **kwargs)
+        build_s.append(time.perf_counter() - start)
+        return model
+
+    pipeline.build_backbone = timed_build
+    job = pipeline.prepare(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         result = fit(job.model, job.denoiser, job.data, job.root.train, job.root.eval, job.device,
                      job.root.seed, Path(tmp))
@@ -74,7 +80,7 @@ def measure(dataset: str, backbone: str, denoise: str, data_dir: str, epochs: in
         "dataset": dataset, "backbone": backbone, "denoise": denoise,
         "threads": torch.get_num_threads(),
         "n_train": len(d.train), "n_eval_users": len(valid.users),
-        "build_s": build_s,
+        "build_s": build_s[0],
         "epoch_s": result.seconds["train"] / epochs,
         "eval_pass_s": statistics.median(times),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
