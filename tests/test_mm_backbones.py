@@ -96,8 +96,12 @@ def assert_same_seed_same_losses(tiny_cfg, name, data, steps=3):
             opt.step()
             out.append(losses.main.detach())
         runs.append(torch.stack(out))
-    assert torch.equal(runs[0], runs[1])
-    assert not torch.equal(runs[0], runs[2])
+    # same seed: the same losses to float32 rounding. Not bit for bit: once in a full-suite CI
+    # run LATTICE's third step differed in the last bits (not reproducible alone; BLAS kernels
+    # may pick another code path for differently aligned buffers), so equality is checked to 1e-6
+    # here; a different seed differs by far more (~1e-2).
+    assert torch.allclose(runs[0], runs[1], rtol=0.0, atol=1e-6)
+    assert not torch.allclose(runs[0], runs[2], rtol=0.0, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", MODELS)
