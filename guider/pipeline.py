@@ -21,7 +21,7 @@ from ._malloc import tune_malloc
 from .backbones import BACKBONES, Backbone, build_backbone
 from .backbones.cache import GraphCache, interactions_digest, use_graph_cache
 from .config import DatasetConfig, RootConfig, check_common, dataset_identity
-from .data import Interactions, load_data
+from .data import Interactions, dataset_folder, load_data
 from .denoise import DENOISERS, Denoiser, build_denoiser
 from .evaluation import evaluate
 from .evaluation.detection import detection_metrics
@@ -119,7 +119,7 @@ def graph_cache(root: RootConfig, dataset: DatasetConfig, data: Interactions) ->
         return None
     folder = Path(folder).expanduser()
     if dataset.kind == "mmrec":
-        data_folder = Path(root.data_dir).expanduser() / (dataset.folder or dataset.name)
+        data_folder = dataset_folder(dataset, root.data_dir).expanduser()
         if folder.resolve().is_relative_to(data_folder.resolve()):
             raise ValueError(
                 f"graph_cache.dir={root.graph_cache.dir!r} lies inside the data folder "

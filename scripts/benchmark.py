@@ -52,8 +52,8 @@ def measure(dataset: str, backbone: str, denoise: str, data_dir: str, epochs: in
             f"train.epochs={epochs}", f"train.eval_every={epochs}", "train.progress=false",
             "train.save_checkpoints=false"])
     # graph build: the backbone's construction inside prepare (adjacency, kNN item graphs,
-    # projections), timed around the pipeline's build_backbone; graph cache off (the overrides
-    # below), so always a cold build
+    # projections), timed around the pipeline's build_backbone; graph cache off
+    # (graph_cache.dir=null above), so always a cold build
     build_s = []
 
     def timed_build(*args, **kwargs):

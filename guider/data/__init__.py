@@ -13,7 +13,12 @@ from .sampling import Batch, BPRSampler
 from .synthetic import generate
 
 __all__ = ["Interactions", "Split", "DataError", "Batch", "BPRSampler", "load_data", "generate",
-           "inject_noise", "load_mmrec"]
+           "inject_noise", "load_mmrec", "dataset_folder"]
+
+
+def dataset_folder(dataset: DatasetConfig, data_dir: str | Path) -> Path:
+    """The folder of an mmrec dataset: ``<data_dir>/<folder or name>``."""
+    return Path(data_dir) / (dataset.folder or dataset.name)
 
 
 def load_data(dataset: DatasetConfig, noise: NoiseConfig, data_dir: str | Path,
@@ -22,9 +27,9 @@ def load_data(dataset: DatasetConfig, noise: NoiseConfig, data_dir: str | Path,
     if dataset.kind == "synthetic":
         data = generate(dataset.synthetic, dataset.name)
     else:
-        folder = Path(data_dir) / (dataset.folder or dataset.name)
-        data = load_mmrec(folder, dataset.name, dataset.inter_file, dict(dataset.features),
-                          required_modalities, synthetic=dataset.synthetic_features,
+        data = load_mmrec(dataset_folder(dataset, data_dir), dataset.name, dataset.inter_file,
+                          dict(dataset.features), required_modalities,
+                          synthetic=dataset.synthetic_features,
                           feature_dims=dict(dataset.feature_dims),
                           synthetic_seed=dataset.synthetic_features_seed)
     data.info["noise"] = inject_noise(data, noise)
