@@ -93,6 +93,10 @@ class TrainConfig:
     lr: float = 1e-3
     eval_every: int = 1
     patience: int = 20  # evaluations without improvement before stopping
+    # wall-clock budget in minutes for training + validation (0 = none): checked before each
+    # epoch; when spent, the run ends like an early stop (best checkpoint, test metrics) and
+    # metrics.json says stop_reason="time_budget". For cluster time limits and fixed budgets.
+    max_minutes: float = 0.0
     resume: bool = False
     save_checkpoints: bool = True
     progress: bool = True  # tqdm bars
@@ -153,7 +157,7 @@ SYNTHETIC_FEATURE_KEYS = ("synthetic_features", "feature_dims", "synthetic_featu
 # Keys added for large-scale runs, with the value that reproduces the earlier behaviour: at that
 # value they are left out of a run's identity too (``drop_neutral``).
 SCALE_NEUTRAL = {"dataset.synthetic.n_interactions": 0, "dataset.synthetic.candidates": 0,
-                 "eval.sample_users": 0, "eval.sample_seed": 0}
+                 "eval.sample_users": 0, "eval.sample_seed": 0, "train.max_minutes": 0.0}
 
 
 def drop_neutral(data: dict, prefix: str = "") -> dict:
@@ -221,6 +225,8 @@ def check_common(cfg: DictConfig) -> tuple[RootConfig, DatasetConfig, NoiseConfi
             raise ValueError(f"train.{key}={getattr(t, key)}: must be a positive integer")
     if t.lr <= 0:
         raise ValueError(f"train.lr={t.lr}: must be positive")
+    if t.max_minutes < 0:
+        raise ValueError(f"train.max_minutes={t.max_minutes}: must be 0 (no budget) or positive")
     e: EvalConfig = root.eval
     if not e.topk or min(e.topk) < 1:
         raise ValueError(f"eval.topk={list(e.topk)}: must be a non-empty list of positive integers")

@@ -195,6 +195,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
+        "stop_reason": result.stop_reason,  # early_stopping | time_budget | max_epochs
         "valid_metric": root.eval.valid_metric,
         "valid": result.valid,
         "test": result.test,

@@ -61,8 +61,28 @@ def test_test_metrics_come_from_best_valid_epoch(tiny_cfg, tmp_path):
 def test_early_stopping(tiny_cfg, tmp_path):
     cfg = tiny_cfg("train.lr=0.05", "train.epochs=200", "train.patience=2")
     metrics = run(cfg, tmp_path)
-    assert metrics["stopped_early"]
+    assert metrics["stopped_early"] and metrics["stop_reason"] == "early_stopping"
     assert metrics["epochs_run"] == metrics["best_epoch"] + 1 + 2
+
+
+def test_max_epochs_reason(tiny_cfg, tmp_path):
+    metrics = run(tiny_cfg("train.epochs=3", "train.patience=100"), tmp_path)
+    assert not metrics["stopped_early"] and metrics["stop_reason"] == "max_epochs"
+    assert metrics["epochs_run"] == 3
+
+
+def test_time_budget_ends_run_with_test_metrics(tiny_cfg, tmp_path):
+    """A spent budget stops before the next epoch; the best state is still tested."""
+    cfg = tiny_cfg("train.epochs=50", "train.patience=100", "train.max_minutes=1e-9")
+    metrics = run(cfg, tmp_path / "budget")
+    assert metrics["stop_reason"] == "time_budget" and not metrics["stopped_early"]
+    assert metrics["epochs_run"] == 1 and metrics["best_epoch"] == 0
+    assert metrics["test"]["Recall@20"] > 0
+    # resumed with a larger budget, the run goes on from its checkpoint
+    more = tiny_cfg("train.epochs=3", "train.patience=100", "train.max_minutes=60",
+                    "train.resume=true")
+    metrics = run(more, tmp_path / "budget")
+    assert metrics["epochs_run"] == 3 and metrics["stop_reason"] == "max_epochs"
 
 
 def test_same_seed_same_numbers(tiny_cfg, tmp_path):

@@ -42,6 +42,7 @@ class TrainState:
     best_epoch: int = -1
     bad_evals: int = 0
     finished: bool = False
+    stop_reason: str = ""  # early_stopping | time_budget | max_epochs (set when the loop ends)
     seconds_train: float = 0.0
     seconds_eval: float = 0.0
     history: list[dict] = field(default_factory=list)
@@ -57,6 +58,7 @@ class FitResult:
     seconds: dict[str, float]
     stopped_early: bool
     eval_excluded: dict
+    stop_reason: str = "max_epochs"
     eval_sample: dict | None = None
 
 
@@ -112,7 +114,9 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
             denoiser.load_state_dict(ck["denoiser"])
             generator.set_state(ck["generator"])
             torch.set_rng_state(ck["torch_rng"])
-            state = TrainState(**ck["state"])
+            state = TrainState(**{"stop_reason": "", **ck["state"]})
+            if state.stop_reason == "time_budget":  # a resumed budget run goes on (budget below)
+                state.finished, state.stop_reason = False, ""
             best_path = ckpt_dir / "best.pt"
             if best_path.is_file():
                 best_model = torch.load(best_path, map_location=device, weights_only=False)["model"]
@@ -121,10 +125,16 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
             log.warning("train.resume=true but %s does not exist; starting from scratch", last)
 
     metric = evalc.valid_metric
+    budget_s = 60.0 * train.max_minutes
     bar = tqdm(range(state.epoch, train.epochs), initial=state.epoch, total=train.epochs,
                desc="epochs", disable=not train.progress, dynamic_ncols=True)
     for epoch in bar:
         if state.finished:
+            break
+        if budget_s and state.seconds_train + state.seconds_eval >= budget_s:
+            state.finished, state.stop_reason = True, "time_budget"
+            log.info("time budget of train.max_minutes=%g spent after %d epochs: stopping",
+                     train.max_minutes, state.epoch)
             break
         t0 = time.perf_counter()
         denoiser.on_epoch(epoch)
@@ -173,7 +183,7 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
             log.info("epoch %d loss %.5f %s %.5f (best %.5f at epoch %d)", epoch, epoch_loss,
                      metric, value, state.best_value, state.best_epoch)
             if state.bad_evals >= train.patience:
-                state.finished = True
+                state.finished, state.stop_reason = True, "early_stopping"
                 log.info("early stop: no %s improvement in %d evaluations", metric, train.patience)
         if train.save_checkpoints:
             io.torch_save(ckpt_dir / "last.pt", {
@@ -203,7 +213,8 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
         test=test,
         history=state.history,
         seconds={"train": state.seconds_train, "eval": state.seconds_eval + seconds_final},
-        stopped_early=state.finished,
+        stopped_early=state.stop_reason == "early_stopping",
+        stop_reason=state.stop_reason or "max_epochs",
         eval_excluded={"valid": valid_set.excluded, "test": test_set.excluded},
         eval_sample=eval_sample,
     )
