@@ -93,8 +93,14 @@ def test_same_seed_same_numbers(tiny_cfg, tmp_path):
     assert a["test"] != c["test"]
 
 
-def test_resume_matches_uninterrupted_run(tiny_cfg, tmp_path):
-    overrides = ("train.epochs=6", LR_FAST, "train.patience=100")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_resume_matches_uninterrupted_run(tiny_cfg, tmp_path, device):
+    """On CUDA too: the checkpoint is loaded onto the device, its RNG states must stay on the CPU
+    (a resume failed there with 'RNG state must be a torch.ByteTensor' before that)."""
+    overrides = ("train.epochs=6", LR_FAST, "train.patience=100", f"device={device}")
     full = run(tiny_cfg(*overrides), tmp_path / "full")
 
     resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed", stop_epoch=2)

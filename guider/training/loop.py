@@ -112,8 +112,8 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
             model.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
             denoiser.load_state_dict(ck["denoiser"])
-            generator.set_state(ck["generator"])
-            torch.set_rng_state(ck["torch_rng"])
+            generator.set_state(ck["generator"].cpu())  # RNG states stay on the CPU
+            torch.set_rng_state(ck["torch_rng"].cpu())
             state = TrainState(**{"stop_reason": "", **ck["state"]})
             if state.stop_reason == "time_budget":  # a resumed budget run goes on (budget below)
                 state.finished, state.stop_reason = False, ""
