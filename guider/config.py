@@ -157,7 +157,8 @@ SYNTHETIC_FEATURE_KEYS = ("synthetic_features", "feature_dims", "synthetic_featu
 # Keys added for large-scale runs, with the value that reproduces the earlier behaviour: at that
 # value they are left out of a run's identity too (``drop_neutral``).
 SCALE_NEUTRAL = {"dataset.synthetic.n_interactions": 0, "dataset.synthetic.candidates": 0,
-                 "eval.sample_users": 0, "eval.sample_seed": 0, "train.max_minutes": 0.0}
+                 "eval.sample_users": 0, "eval.sample_seed": 0, "train.max_minutes": 0.0,
+                 "backbone.feature_precision": "float32"}
 
 
 def drop_neutral(data: dict, prefix: str = "") -> dict:

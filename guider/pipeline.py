@@ -20,7 +20,7 @@ from . import __version__, io
 from ._malloc import tune_malloc
 from .backbones import BACKBONES, Backbone, build_backbone
 from .backbones.cache import GraphCache, interactions_digest, use_graph_cache
-from .config import DatasetConfig, RootConfig, check_common, dataset_identity
+from .config import DatasetConfig, RootConfig, check_common, dataset_identity, drop_neutral
 from .data import Interactions, dataset_folder, load_data
 from .denoise import DENOISERS, Denoiser, build_denoiser
 from .evaluation import evaluate
@@ -102,7 +102,7 @@ def prepare(cfg: DictConfig) -> Job:
         denoiser = build_denoiser(denoise_cfg, data, model, device, seed)
     fingerprint = {
         "seed": seed, "dataset": dataset_identity(asdict(dataset)), "noise": asdict(noise),
-        "backbone": asdict(backbone_cfg), "denoise": asdict(denoise_cfg),
+        "backbone": drop_neutral(asdict(backbone_cfg), "backbone"), "denoise": asdict(denoise_cfg),
         "batch_size": root.train.batch_size, "lr": root.train.lr,
         "eval_every": root.train.eval_every,
     }

@@ -99,11 +99,7 @@ class BM3(Backbone):
         nn.init.xavier_normal_(self.predictor.weight)
         self.proj = nn.ModuleList()
         for k, m in enumerate(self.modalities):
-            feats = torch.as_tensor(data.features[m], dtype=torch.float32)
-            if feats.ndim != 2 or feats.shape[0] != n_items:
-                raise ValueError(f"features '{m}' have shape {tuple(feats.shape)} for "
-                                 f"{n_items} items")
-            self.register_buffer(f"feat_{k}", feats, persistent=False)
+            feats = self.load_features(data, k)
             proj = nn.Linear(feats.shape[1], d)
             nn.init.xavier_normal_(proj.weight)
             self.proj.append(proj)
@@ -168,7 +164,7 @@ class BM3(Backbone):
         align = main.new_zeros(())
         mask_loss = main.new_zeros(())
         for k, proj in enumerate(self.proj):
-            h_m = proj(getattr(self, f"feat_{k}")[batch.pos])
+            h_m = self.project(proj, getattr(self, f"feat_{k}"), batch.pos)
             online_m = self.predictor(h_m)
             align = align + cosine_loss(online_m, t_i).mean()
             mask_loss = mask_loss + cosine_loss(online_m, self._target(h_m, masks[2 + k])).mean()

@@ -33,8 +33,10 @@ holds it and a resumed run prunes exactly as an uninterrupted one.
 
 Deviations from the authors' code (FREEDOM repository / MMRec): the raw features are fixed
 buffers (their code wraps them in trainable ``nn.Embedding.from_pretrained(freeze=False)``
-tables, although the item-item graph is frozen); the feature projections are applied to the
-batch's items only (identical values, far cheaper than projecting the whole catalogue); the
+tables, although the item-item graph is frozen); the modality BPR term u.(W f_i + b) -
+u.(W f_j + b) is computed as u.W(f_i - f_j), one product of the batch's feature differences
+(the bias cancels; the same values in exact arithmetic, half the work of projecting both items
+and far less than projecting the whole catalogue as their code does); the
 kept edge count is round(keep_ratio * |E|) rather than int(); BPR terms use softplus (the same
 function as -log sigmoid, numerically safer).
 """
@@ -178,8 +180,10 @@ class Freedom(Backbone):
         mm = main.new_zeros(())
         for k, proj in enumerate(self.proj):
             feats = getattr(self, f"feat_{k}")
-            fi, fj = proj(feats[torch.cat([batch.pos, batch.neg])]).chunk(2)
-            mm = mm + bpr_terms((u * fi).sum(-1), (u * fj).sum(-1)).mean()
+            # u.(W f_i + b) - u.(W f_j + b) = u.W(f_i - f_j): one product of the differences
+            d = self.project_difference(proj, feats, batch.pos, batch.neg)
+            x = (u * d).sum(-1)
+            mm = mm + bpr_terms(x, torch.zeros_like(x)).mean()
         reg = main.new_zeros(())
         if self.cfg.reg_weight:  # FREEDOM's default is 0: skip the gather and its backward
             nodes = torch.cat([batch.users, batch.pos + self.n_users, batch.neg + self.n_users])

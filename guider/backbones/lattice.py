@@ -121,11 +121,7 @@ class Lattice(Backbone):
             nn.init.xavier_uniform_(self.embedding.weight[n_users:])
         self.proj = nn.ModuleList()
         for k, m in enumerate(self.modalities):
-            feats = torch.as_tensor(data.features[m], dtype=torch.float32)
-            if feats.ndim != 2 or feats.shape[0] != n_items:
-                raise ValueError(f"features '{m}' have shape {tuple(feats.shape)} for "
-                                 f"{n_items} items")
-            self.register_buffer(f"feat_{k}", feats, persistent=False)
+            feats = self.load_features(data, k)
             self.proj.append(nn.Linear(feats.shape[1], cfg.feat_embed_dim))
             # the original graph S^m: built once here, frozen, not in the state dict
             vals, idx = frozen_knn_topk(unit_rows(feats), cfg.knn_k, cfg.knn_block_size,
@@ -151,7 +147,7 @@ class Lattice(Backbone):
         """Modality k's learned graph A~^k as (normalised values [n, knn_k], indices): the
         neighbours come from a block-wise top-k without gradient, the kept values are recomputed
         from the projected rows (differentiable when grad is enabled)."""
-        z = unit_rows(self.proj[k](getattr(self, f"feat_{k}")))
+        z = unit_rows(self.project(self.proj[k], getattr(self, f"feat_{k}")))
         with torch.no_grad():
             vals, idx = knn_topk(z.detach(), self.cfg.knn_k, self.cfg.knn_block_size,
                                  exclude_self=False, knob="backbone.knn_block_size")

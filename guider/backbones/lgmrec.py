@@ -168,13 +168,13 @@ class LGMRec(Backbone):
         for k in range(len(self.modalities)):
             feats = getattr(self, f"feat_{k}")
             # local: modality graph embedding
-            item_f = self.proj[k](feats)
+            item_f = self.project(self.proj[k], feats)
             x = torch.cat([spmm(self.r_mean, self.r_mean_t, item_f), item_f])
             for _ in range(self.cfg.n_layers_mm):
                 x = sym_spmm(self.adj, x)
             local = local + F.normalize(x, dim=1)
             # global: hypergraph embedding
-            hi_logits = feats @ self.hyper[k]
+            hi_logits = self.feature_product(feats, self.hyper[k])
             hu_logits = spmm(self.r, self.r_t, hi_logits)
             hi, hu = self._dependency(hi_logits), self._dependency(hu_logits)
             e_i, e_u = cge_items, None

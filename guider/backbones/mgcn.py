@@ -107,7 +107,7 @@ class MGCN(Backbone):
         e_id = lightgcn_propagate(self.adj, ego, self.cfg.n_layers_ui)
         mods = []
         for k in range(len(self.modalities)):
-            x = self.proj[k](getattr(self, f"feat_{k}"))
+            x = self.project(self.proj[k], getattr(self, f"feat_{k}"))
             h = self.item_emb.weight * torch.sigmoid(self.purify[k](x))
             for _ in range(self.cfg.n_layers_ii):
                 h = spmm(getattr(self, f"ii_{k}"), getattr(self, f"ii_t_{k}"), h)

@@ -187,7 +187,8 @@ class SMORE(Backbone):
 
     def spectra(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The denoised modality features E^_m ([n_items, d] each) and the fused E^_f."""
-        projected = [self.proj[k](getattr(self, f"feat_{k}")) for k in range(len(self.modalities))]
+        projected = [self.project(self.proj[k], getattr(self, f"feat_{k}"))
+                     for k in range(len(self.modalities))]
         denoised = [spectral_filter(e, self.filters[k]) for k, e in enumerate(projected)]
         return denoised, spectral_fusion(projected, self.filters[-1])
 

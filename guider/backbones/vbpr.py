@@ -33,7 +33,9 @@ the paper (no centring or scaling).
 Batch representations for a denoiser. The representations are a deterministic function of the
 parameters (no propagation, no randomness), and projecting the whole catalogue every step would
 cost n_items x F x K' for nothing when no denoiser asks (F = 4480 on the Amazon sets). So
-``losses`` remembers the batch but projects only the batch's distinct items; the full, differentiable
+``losses`` remembers the batch and computes each x_ui - x_uj directly, projecting the feature
+differences f_i - f_j (E and beta' are linear, so E f_i - E f_j = E (f_i - f_j): half the
+arithmetic of projecting both items, the same model); the full, differentiable
 representations of that step are built on the first ``batch_embeddings(batch)`` call of the step
 and reused by later calls, so a distillation term still joins the same backward.
 
@@ -93,8 +95,7 @@ class VBPR(Backbone):
         super().__init__(cfg, data)
         require_at_least(cfg, 1, "embedding_dim", "visual_dim")
         require_at_least(cfg, 0, "reg_weight", "proj_reg_weight")
-        feats = concatenated_features(data)
-        self.register_buffer("feats", feats, persistent=False)
+        feats = self.load_features(data, 0, "feats", concatenated_features(data))
         k, kv = cfg.embedding_dim, cfg.visual_dim
         self.init_id_embeddings(k + kv, k)  # users [gamma_u, theta_u], items gamma_i
         # E (K' rows) and beta' (one more row) as one map: a single product per batch
@@ -109,19 +110,12 @@ class VBPR(Backbone):
 
     # -- representations --------------------------------------------------------------------
 
-    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        """[gamma_i, E f_i, beta_i + beta'.f_i] for ``items`` (all items when None)."""
+    def item_vectors(self) -> torch.Tensor:
+        """[gamma_i, E f_i, beta_i + beta'.f_i] for every item."""
         kv = self.cfg.visual_dim
-        if items is None:
-            gamma, bias = self.item_emb.weight, self.item_bias.weight
-            p = self.proj(self.feats)
-        else:
-            gamma, bias = self.item_emb(items), self.item_bias(items)
-            # project each distinct item once (the F x K' product dominates VBPR's cost)
-            uniq, inverse = torch.unique(items, return_inverse=True)
-            p = self.proj(self.feats[uniq])[inverse]
-        b = self._bias_on * bias + self._fbias_on * p[:, kv:]
-        return torch.cat([gamma, p[:, :kv], b], dim=1)
+        p = self.project(self.proj, self.feats)
+        b = self._bias_on * self.item_bias.weight + self._fbias_on * p[:, kv:]
+        return torch.cat([self.item_emb.weight, p[:, :kv], b], dim=1)
 
     def user_vectors(self, users: torch.Tensor | None = None) -> torch.Tensor:
         """[gamma_u, theta_u, 1] for ``users`` (all users when None)."""
@@ -144,15 +138,19 @@ class VBPR(Backbone):
     def losses(self, batch: Batch) -> Losses:
         # full representations on demand only (see the module docstring)
         self.remember(batch, None, None)
-        users = self.user_emb(batch.users)
-        u = torch.cat([users, users.new_ones(users.shape[0], 1)], dim=1)
+        k, kv = self.cfg.embedding_dim, self.cfg.visual_dim
+        users = self.user_emb(batch.users)  # [gamma_u, theta_u]
         items = torch.cat([batch.pos, batch.neg])
-        i, j = self.item_vectors(items).chunk(2)
-        main = bpr_terms((u * i).sum(-1), (u * j).sum(-1))
         gamma_i, gamma_j = self.item_emb(items).chunk(2)
+        b_i, b_j = self.item_bias(items).chunk(2)
+        # x_ui - x_uj with one product of the feature differences: [E, beta'](f_i - f_j)
+        p = self.project_difference(self.proj, self.feats, batch.pos, batch.neg)
+        x_uij = ((users[:, :k] * (gamma_i - gamma_j)).sum(-1)
+                 + (users[:, k:] * p[:, :kv]).sum(-1)
+                 + self._fbias_on * p[:, kv] + self._bias_on * (b_i - b_j).squeeze(-1))
+        main = bpr_terms(x_uij, torch.zeros_like(x_uij))
         aux = {}
         if self.cfg.item_bias:
-            b_i, b_j = self.item_bias(items).chunk(2)
             reg = l2_reg(users, gamma_i, gamma_j, b_i, b_j)
         else:
             reg = l2_reg(users, gamma_i, gamma_j)
