@@ -79,6 +79,7 @@ def measure(dataset: str, backbone: str, denoise: str, data_dir: str, epochs: in
     return {
         "dataset": dataset, "backbone": backbone, "denoise": denoise,
         "threads": torch.get_num_threads(),
+        "feature_precision": cfg.backbone.get("feature_precision", ""),
         "n_train": len(d.train), "n_eval_users": len(valid.users),
         "build_s": build_s[0],
         "epoch_s": result.seconds["train"] / epochs,
@@ -120,11 +121,12 @@ def main() -> None:
 
         pd.DataFrame(rows).to_csv(args.csv, index=False)
     print(f"{'backbone':<10} {'denoise':<8} {'build s':>8} {'s/epoch':>8} {'s/valid pass':>13} "
-          f"{'peak RSS MB':>12} {'train rows':>11} {'eval users':>11} threads")
+          f"{'peak RSS MB':>12} {'train rows':>11} {'eval users':>11} threads features")
     for r in rows:
         print(f"{r['backbone']:<10} {r['denoise']:<8} {r['build_s']:8.2f} {r['epoch_s']:8.3f} "
               f"{r['eval_pass_s']:13.3f} "
-              f"{r['peak_rss_mb']:12.0f} {r['n_train']:11d} {r['n_eval_users']:11d} {r['threads']}")
+              f"{r['peak_rss_mb']:12.0f} {r['n_train']:11d} {r['n_eval_users']:11d} {r['threads']:7d} "
+              f"{r['feature_precision']}")
 
 
 if __name__ == "__main__":
