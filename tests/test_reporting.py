@@ -34,7 +34,8 @@ def hydra_cfg(*overrides: str):
 
 def make_run(root: Path, name: str, *, denoise: str, ratio: float, seed: int, recall: float | None,
              ndcg: float | None = None, auc: float | None = None, error: str | None = None,
-             extra_overrides: tuple[str, ...] = (), write_metrics: bool = True) -> Path:
+             extra_overrides: tuple[str, ...] = (), write_metrics: bool = True,
+             stop_reason: str = "early_stopping") -> Path:
     """A run folder as guider-train writes it: config.yaml, metrics.json, .hydra/overrides.yaml."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
@@ -55,6 +56,7 @@ def make_run(root: Path, name: str, *, denoise: str, ratio: float, seed: int, re
         metrics = {"status": "failed", "error": error}
     else:
         metrics = {"status": "completed", "seed": seed, "best_epoch": 3, "epochs_run": 4,
+                   "stop_reason": stop_reason,
                    "valid_metric": "Recall@20", "valid": {"Recall@20": recall},
                    "test": {"Recall@20": recall, "NDCG@20": ndcg},
                    "detection": {"auc": auc} if auc is not None else None,
@@ -94,6 +96,18 @@ def test_runs_table_keeps_every_run_with_status_and_error(noise_sweep):
     unfinished = runs[runs["status"] == "incomplete"]
     assert unfinished["run"].tolist() == ["none-0.5-0"] and "no metrics.json" in unfinished["error"].iloc[0]
     assert runs.loc[runs["run"] == "none-0.2-1", "test.Recall@20"].iloc[0] == 0.25
+
+
+def test_runs_stopped_by_their_time_budget_are_flagged(tmp_path):
+    root = tmp_path / "sweep"
+    make_run(root, "a", denoise="none", ratio=0.0, seed=0, recall=0.3)
+    make_run(root, "b", denoise="none", ratio=0.0, seed=1, recall=0.2, stop_reason="time_budget")
+    runs, _ = collect_runs(root)
+    assert runs.set_index("run")["stop_reason"].to_dict() == {"a": "early_stopping",
+                                                              "b": "time_budget"}
+    md = summarize(root).markdown
+    assert "1 completed run(s) ended by their time budget" in md and "(b)" in md
+    assert "time budget" not in summarize(root / "a").markdown
 
 
 def test_aggregation_mean_std_count_exact(noise_sweep):

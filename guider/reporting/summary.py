@@ -136,7 +136,7 @@ def read_run(run_dir: Path, root: Path) -> tuple[dict, dict[str, str]]:
             for key, value in _flatten({section: metrics.get(section) or {}}).items():
                 if isinstance(value, (int, float)) or value is None:
                     row[key] = value
-        for key in ("best_epoch", "epochs_run", "valid_metric"):
+        for key in ("best_epoch", "epochs_run", "stop_reason", "valid_metric"):
             row[key] = metrics.get(key)
     return row, overrides
 
@@ -190,7 +190,7 @@ def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
         varying.append("seed")
     front = ["run", "status", "error", *varying]
     metric_cols = [c for c in table.columns if c.split(".")[0] in ("valid", "test", "detection", "seconds")]
-    rest = [c for c in ("best_epoch", "epochs_run", "valid_metric") if c in table]
+    rest = [c for c in ("best_epoch", "epochs_run", "stop_reason", "valid_metric") if c in table]
     constant = [c for c in [*IDENTITY, "seed", *[c for c in candidates if c not in IDENTITY]]
                 if c in table and c not in varying]
     cfg_cols = sorted(c for c in table.columns if c.startswith("cfg."))
@@ -319,6 +319,12 @@ def summary_markdown(summary: pd.DataFrame, runs: pd.DataFrame, group_keys: list
         cells.append(row["status"])
         rows.append(cells)
     lines.append(markdown_table(headers, rows))
+    if "stop_reason" in runs:
+        budget = runs[runs["stop_reason"] == "time_budget"]
+        if len(budget):
+            lines += ["", f"{len(budget)} completed run(s) ended by their time budget "
+                      f"(train.max_minutes), not by early stopping: their scores may still have "
+                      f"been rising ({', '.join(budget['run'].astype(str))})."]
     bad = runs[runs["status"] != "completed"]
     if len(bad):
         lines += ["", "## Runs that did not complete", ""]
