@@ -85,6 +85,20 @@ def test_time_budget_ends_run_with_test_metrics(tiny_cfg, tmp_path):
     assert metrics["epochs_run"] == 3 and metrics["stop_reason"] == "max_epochs"
 
 
+def test_resuming_a_finished_checkpoint_written_before_stop_reason(tiny_cfg, tmp_path):
+    """Such a checkpoint says only finished=True; early stopping was then the only way to
+    finish, so the resumed run reports it as an early stop, as the original run did."""
+    overrides = ("train.lr=0.05", "train.epochs=200", "train.patience=2")
+    first = run(tiny_cfg(*overrides), tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    ck = torch.load(last, weights_only=False)
+    del ck["state"]["stop_reason"]
+    torch.save(ck, last)
+    again = run(tiny_cfg(*overrides, "train.resume=true"), tmp_path)
+    assert again["stopped_early"] and again["stop_reason"] == "early_stopping"
+    assert again["epochs_run"] == first["epochs_run"] and again["test"] == first["test"]
+
+
 def test_same_seed_same_numbers(tiny_cfg, tmp_path):
     a = run(tiny_cfg("seed=3"), tmp_path / "a")
     b = run(tiny_cfg("seed=3"), tmp_path / "b")

@@ -114,9 +114,10 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
             denoiser.load_state_dict(ck["denoiser"])
             generator.set_state(ck["generator"].cpu())  # RNG states stay on the CPU
             torch.set_rng_state(ck["torch_rng"].cpu())
-            state = TrainState(**{"stop_reason": "", **ck["state"]})
-            if state.stop_reason == "time_budget":  # a resumed budget run goes on (budget below)
-                state.finished, state.stop_reason = False, ""
+            state = TrainState(**ck["state"])
+            if state.finished and not state.stop_reason:
+                # written before stop_reason existed, when only early stopping finished a run
+                state.stop_reason = "early_stopping"
             best_path = ckpt_dir / "best.pt"
             if best_path.is_file():
                 best_model = torch.load(best_path, map_location=device, weights_only=False)["model"]
