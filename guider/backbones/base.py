@@ -86,21 +86,17 @@ class Backbone(nn.Module):
         nn.init.xavier_uniform_(self.user_emb.weight)
         nn.init.xavier_uniform_(self.item_emb.weight)
 
-    def load_features(self, data: Interactions, k: int, name: str | None = None,
-                      feats: torch.Tensor | None = None) -> torch.Tensor:
-        """The item features of modality ``self.modalities[k]`` (or ``feats``) as a float32
-        tensor, checked to have one row per item; registered as the (non-persistent) buffer
-        ``name`` (default ``feat_{k}``) in ``backbone.feature_precision``. The float32 tensor is
-        returned for building graphs; projections read the buffer through ``project``."""
-        if feats is None:
-            m = self.modalities[k]
-            feats = torch.as_tensor(data.features[m], dtype=torch.float32)
-        else:
-            m = "+".join(self.modalities)
+    def load_features(self, data: Interactions, k: int) -> torch.Tensor:
+        """The item features of modality ``self.modalities[k]`` as a float32 tensor, checked to
+        have one row per item; registered as the (non-persistent) buffer ``feat_{k}`` in
+        ``backbone.feature_precision``. The float32 tensor is returned for building graphs;
+        projections read the buffer through ``project``."""
+        m = self.modalities[k]
+        feats = torch.as_tensor(data.features[m], dtype=torch.float32)
         if feats.ndim != 2 or feats.shape[0] != self.n_items:
             raise ValueError(f"features '{m}' have shape {tuple(feats.shape)} for "
                              f"{self.n_items} items")
-        self.register_buffer(name or f"feat_{k}", feats.to(self.feature_dtype), persistent=False)
+        self.register_buffer(f"feat_{k}", feats.to(self.feature_dtype), persistent=False)
         return feats
 
     @staticmethod

@@ -95,7 +95,8 @@ class VBPR(Backbone):
         super().__init__(cfg, data)
         require_at_least(cfg, 1, "embedding_dim", "visual_dim")
         require_at_least(cfg, 0, "reg_weight", "proj_reg_weight")
-        feats = self.load_features(data, 0, "feats", concatenated_features(data))
+        feats = concatenated_features(data)
+        self.register_buffer("feats", feats.to(self.feature_dtype), persistent=False)
         k, kv = cfg.embedding_dim, cfg.visual_dim
         self.init_id_embeddings(k + kv, k)  # users [gamma_u, theta_u], items gamma_i
         # E (K' rows) and beta' (one more row) as one map: a single product per batch
