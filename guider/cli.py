@@ -27,6 +27,8 @@ def summary_line(metrics: dict) -> str:
     det = metrics.get("detection") or {}
     if det.get("auc") is not None:
         shown += f"  detection AUC {det['auc']:.3f}"
+        if det.get("degree_auc") is not None:  # what "light user = noise" alone would give
+            shown += f" (user degree alone {det['degree_auc']:.3f})"
     return (f"{metrics['dataset']['name']} / {metrics['backbone']} / denoise={metrics['denoise']}: "
             f"test {shown}  (best epoch {metrics['best_epoch']}, {metrics['epochs_run']} epochs, "
             f"{metrics['seconds']['total']:.1f} s)")

@@ -84,6 +84,10 @@ class NoiseConfig:
     ratio: float = 0.0
     modality: Optional[str] = None  # for modal noise; default: the dataset's first modality
     seed: int = 0
+    # random/popular only. false: round(ratio x |train|) pairs with uniformly drawn users (light
+    # users then carry most of the noise); true: each user u gets round(ratio x n_u) new items,
+    # so the noise share no longer depends on the user's degree (docs/measuring.md)
+    per_user: bool = False
 
 
 @dataclass
@@ -158,7 +162,7 @@ SYNTHETIC_FEATURE_KEYS = ("synthetic_features", "feature_dims", "synthetic_featu
 # value they are left out of a run's identity too (``drop_neutral``).
 SCALE_NEUTRAL = {"dataset.synthetic.n_interactions": 0, "dataset.synthetic.candidates": 0,
                  "eval.sample_users": 0, "eval.sample_seed": 0, "train.max_minutes": 0.0,
-                 "backbone.feature_precision": "float32"}
+                 "backbone.feature_precision": "float32", "noise.per_user": False}
 
 
 def drop_neutral(data: dict, prefix: str = "") -> dict:
@@ -220,6 +224,9 @@ def check_common(cfg: DictConfig) -> tuple[RootConfig, DatasetConfig, NoiseConfi
         raise ValueError(f"noise.type={noise.type!r}: choose one of {', '.join(NOISE_TYPES)}")
     if not 0.0 <= noise.ratio < 1.0:
         raise ValueError(f"noise.ratio={noise.ratio}: must lie in [0, 1)")
+    if noise.per_user and noise.type not in ("random", "popular"):
+        raise ValueError(f"noise.per_user=true applies to noise=random|popular, not "
+                         f"noise={noise.type}; drop it or choose one of those")
     t: TrainConfig = root.train
     for key in ("epochs", "batch_size", "eval_every", "patience"):
         if getattr(t, key) < 1:

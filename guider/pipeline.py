@@ -3,6 +3,7 @@ noise, build backbone and denoiser, train, write the run folder."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import platform
 import sys
@@ -97,11 +98,17 @@ def prepare(cfg: DictConfig) -> Job:
     torch.manual_seed(seed)
     np.random.seed(seed)
     check_model_size(data, backbone_cfg, denoise_cfg, device)
-    with use_graph_cache(graph_cache(root, dataset, data)):
-        model = build_backbone(backbone_cfg, data, device)
+    keep = DENOISERS.get(denoise_cfg.name).cls.graph_edges(denoise_cfg, data)
+    graph_data = data
+    if keep is not None:  # the denoiser keeps some training interactions out of the graphs
+        graph_data = data.with_train_subset(keep)
+        log.info("graphs: built from %d of %d training interactions (denoise=%s)",
+                 int(keep.sum()), len(keep), denoise_cfg.name)
+    with use_graph_cache(graph_cache(root, dataset, graph_data)):
+        model = build_backbone(backbone_cfg, graph_data, device)
         denoiser = build_denoiser(denoise_cfg, data, model, device, seed)
     fingerprint = {
-        "seed": seed, "dataset": dataset_identity(asdict(dataset)), "noise": asdict(noise),
+        "seed": seed, "dataset": dataset_identity(asdict(dataset)), "noise": drop_neutral(asdict(noise), "noise"),
         "backbone": drop_neutral(asdict(backbone_cfg), "backbone"), "denoise": asdict(denoise_cfg),
         "batch_size": root.train.batch_size, "lr": root.train.lr,
         "eval_every": root.train.eval_every,
@@ -149,27 +156,41 @@ def check_model_size(data: Interactions, backbone_cfg, denoise_cfg, device: torc
 
 
 def detection(job: Job) -> dict | None:
-    """Noise-detection quality of the denoiser against the known noise labels, if both exist."""
+    """Noise-detection quality of the denoiser against the known noise labels (None when the data
+    carry none): its AUC and flagged set when it has them, the trivial degree and popularity
+    AUCs and the per-degree-band numbers always (guider.evaluation.detection)."""
     data = job.data
-    scores, flagged = job.denoiser.noise_scores(), job.denoiser.flagged()
-    if not data.has_noise_labels or (scores is None and flagged is None):
+    if not data.has_noise_labels:
         return None
-    return detection_metrics(scores, flagged, data.train_noise)
+    # the trivial scores and the degree bands are reported for every denoiser, `none` included
+    return detection_metrics(job.denoiser.noise_scores(), job.denoiser.flagged(),
+                             data.train_noise, data.train.users, data.train.items)
 
 
-def auxiliary_metrics(job: Job) -> dict:
-    """Valid and test metrics of the denoiser's own recommenders (e.g. GUIDER's teacher, in its
-    final state), for diagnosis only: selection and early stopping look at the student alone."""
-    out = {}
+def auxiliary_metrics(job: Job, best_state: dict | None = None) -> dict:
+    """Valid and test metrics of the denoiser's own recommenders (e.g. GUIDER's teacher), for
+    diagnosis only: selection and early stopping look at the student alone. Measured in their
+    final state and, given the denoiser's state at the student's best epoch (``best_state``),
+    there too (``<name>.at_best``), like the student. The final state is restored afterwards."""
+    out: dict = {}
     scorers = job.denoiser.scorers()
     if not scorers:
         return out
     evalc = job.root.eval
     valid, test, _ = build_eval_sets(job.data, evalc)  # the same users as the student's
     sets = {"valid": valid, "test": test}
-    for name, scorer in scorers.items():
-        out[name] = {split: evaluate(scorer, es, evalc.topk, evalc.batch_users, job.device)
-                     for split, es in sets.items()}
+
+    def measure(scorers: dict) -> dict:
+        return {name: {split: evaluate(scorer, es, evalc.topk, evalc.batch_users, job.device)
+                       for split, es in sets.items()} for name, scorer in scorers.items()}
+
+    out = measure(scorers)
+    if best_state is not None:
+        final = copy.deepcopy(job.denoiser.state_dict())
+        job.denoiser.load_state_dict(best_state)
+        for name, metrics in measure(job.denoiser.scorers()).items():
+            out[name]["at_best"] = metrics
+        job.denoiser.load_state_dict(final)
     return out
 
 
@@ -203,9 +224,9 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         # eval.sample_users > 0: {users, seed, eligible_users, sampled_users, valid_users,
         # test_users}; the metrics are then an approximation over that fixed sample
         "eval_sample": result.eval_sample,
-        "detection": detection(job),
+        "detection": detection(job),  # the denoiser's final state
         "denoiser": job.denoiser.summary(),
-        "auxiliary": auxiliary_metrics(job),
+        "auxiliary": auxiliary_metrics(job, result.best_denoiser),
         "cold_start": data.info.get("cold_start"),
         "seconds": {**result.seconds, "total": time.perf_counter() - t_start},
         "versions": versions(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -64,6 +64,17 @@ class Interactions:
         users = np.bincount(self.train.users, minlength=self.n_users)
         items = np.bincount(self.train.items, minlength=self.n_items)
         return users, items
+
+    def with_train_subset(self, keep: np.ndarray) -> "Interactions":
+        """A shallow copy whose training split holds only the interactions where ``keep`` is
+        True (features, valid and test shared): what a backbone builds its graphs from when a
+        denoiser keeps some training interactions out of them."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (len(self.train),):
+            raise ValueError(f"keep mask of shape {keep.shape} for {len(self.train)} training "
+                             f"interactions")
+        return replace(self, train=Split(self.train.users[keep], self.train.items[keep]),
+                       train_noise=self.train_noise[keep], info=dict(self.info))
 
     def summary(self) -> dict:
         return {

@@ -22,10 +22,37 @@ def all_keys(data: Interactions) -> np.ndarray:
     return np.concatenate([s.keys(data.n_items) for s in (data.train, data.valid, data.test)])
 
 
+def per_user_counts(degrees: np.ndarray, ratio: float) -> np.ndarray:
+    """round(ratio x n_u) for every user, rounding halves up (0.5 -> 1, 2.5 -> 3)."""
+    return np.floor(ratio * np.asarray(degrees, dtype=np.float64) + 0.5 + 1e-9).astype(np.int64)
+
+
+def degrees_all(data: Interactions) -> np.ndarray:
+    """Items each user already has in train, valid or test."""
+    return sum(np.bincount(s.users, minlength=data.n_users)
+               for s in (data.train, data.valid, data.test))
+
+
 def add_random_interactions(data: Interactions, ratio: float, rng: np.random.Generator,
-                            popular: bool) -> int:
+                            popular: bool, per_user: bool = False) -> int:
+    """Add absent (user, item) pairs to the training split, labelled as noise. Uniform users
+    (``per_user=false``: round(ratio x |train|) pairs in all) or round(ratio x n_u) pairs for
+    each user u (``per_user=true``); items uniform or by training popularity (``popular``)."""
     n_train = len(data.train)
-    n_add = int(round(ratio * n_train))
+    fixed_users = None
+    if per_user:
+        degrees = np.bincount(data.train.users, minlength=data.n_users)
+        counts = per_user_counts(degrees, ratio)
+        full = np.nonzero(counts > data.n_items - degrees_all(data))[0]
+        if len(full):
+            raise DataError(
+                f"noise.per_user=true at noise.ratio={ratio}: user {int(full[0])} needs "
+                f"{int(counts[full[0]])} new items but has fewer absent items left; lower "
+                f"noise.ratio")
+        fixed_users = np.repeat(np.arange(data.n_users, dtype=np.int64), counts)
+        n_add = len(fixed_users)
+    else:
+        n_add = int(round(ratio * n_train))
     if n_add == 0:
         return 0
     existing = all_keys(data)
@@ -38,8 +65,12 @@ def add_random_interactions(data: Interactions, ratio: float, rng: np.random.Gen
     probs = None
     if popular:
         probs = np.bincount(data.train.items, minlength=data.n_items).astype(np.float64)
-    users, items = sample_absent_pairs(rng, data.n_items, existing, n=n_add,
-                                       n_users=data.n_users, item_probs=probs)
+    if fixed_users is not None:
+        users, items = sample_absent_pairs(rng, data.n_items, existing, users=fixed_users,
+                                           item_probs=probs)
+    else:
+        users, items = sample_absent_pairs(rng, data.n_items, existing, n=n_add,
+                                           n_users=data.n_users, item_probs=probs)
     data.train = Split(np.concatenate([data.train.users, users]),
                        np.concatenate([data.train.items, items]))
     data.train_noise = np.concatenate([data.train_noise, np.ones(n_add, dtype=bool)])
@@ -70,12 +101,17 @@ def inject_noise(data: Interactions, cfg: NoiseConfig) -> dict:
     record: dict = {"type": cfg.type, "ratio": cfg.ratio, "seed": cfg.seed}
     if not 0.0 <= cfg.ratio < 1.0:
         raise DataError(f"noise.ratio={cfg.ratio}: must lie in [0, 1)")
+    if cfg.per_user and cfg.type not in ("random", "popular"):
+        raise DataError(f"noise.per_user=true applies to noise=random|popular, not noise={cfg.type}")
     rng = np.random.default_rng(cfg.seed)
     if cfg.type == "none":
         record["n_injected"] = 0
     elif cfg.type in ("random", "popular"):
         record["n_train_before"] = len(data.train)
-        record["n_injected"] = add_random_interactions(data, cfg.ratio, rng, cfg.type == "popular")
+        record["n_injected"] = add_random_interactions(data, cfg.ratio, rng, cfg.type == "popular",
+                                                       cfg.per_user)
+        if cfg.per_user:
+            record["per_user"] = True
         data.has_noise_labels = True
     elif cfg.type == "modal":
         if not data.features:

@@ -7,7 +7,7 @@ import torch
 from ..backbones import Backbone
 from ..data import Interactions
 from . import guider as _guider  # noqa: F401  (registers denoise=guider)
-from . import bod, dcf, deca, rce, tce  # noqa: F401  (register the baselines)
+from . import bod, dcf, deca, oracle, rce, tce  # noqa: F401  (register the baselines, the oracle)
 from .base import DENOISERS, Denoiser, DenoiseConfig, weighted_mean
 
 __all__ = ["DENOISERS", "Denoiser", "DenoiseConfig", "weighted_mean", "build_denoiser"]

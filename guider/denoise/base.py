@@ -8,7 +8,7 @@ A denoiser may (1) weight the backbone's unreduced main term per sample, (2) add
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,17 @@ class DenoiseConfig:
 
 
 class Denoiser:
+    # True when ``scorers`` returns recommenders of its own: the trainer then keeps the
+    # denoiser's state at the student's best epoch, so they are also measured there
+    has_scorers: ClassVar[bool] = False
+
+    @classmethod
+    def graph_edges(cls, cfg: DenoiseConfig, data: Interactions) -> np.ndarray | None:
+        """Boolean mask over the training interactions: those the backbone's graphs are built
+        from (None: all of them). Asked before the backbone is built; the sampler and the loss
+        still see every training interaction."""
+        return None
+
     def __init__(self, cfg: DenoiseConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         self.cfg = cfg

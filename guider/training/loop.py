@@ -60,6 +60,8 @@ class FitResult:
     eval_excluded: dict
     stop_reason: str = "max_epochs"
     eval_sample: dict | None = None
+    # the denoiser's state at the best epoch (denoisers with recommenders of their own only)
+    best_denoiser: dict | None = None
 
 
 def build_eval_sets(data: Interactions,
@@ -98,6 +100,7 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
     valid_set, test_set, eval_sample = build_eval_sets(data, evalc)
     state = TrainState()
     best_model = None
+    best_denoiser = None
 
     if train.resume:
         last = ckpt_dir / "last.pt"
@@ -120,7 +123,8 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
                 state.stop_reason = "early_stopping"
             best_path = ckpt_dir / "best.pt"
             if best_path.is_file():
-                best_model = torch.load(best_path, map_location=device, weights_only=False)["model"]
+                best = torch.load(best_path, map_location=device, weights_only=False)
+                best_model, best_denoiser = best["model"], best.get("denoiser")
             log.info("resumed from %s at epoch %d", last, state.epoch)
         else:
             log.warning("train.resume=true but %s does not exist; starting from scratch", last)
@@ -175,8 +179,11 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
             if value > state.best_value:
                 state.best_value, state.best_epoch, state.bad_evals = value, epoch, 0
                 best_model = copy.deepcopy(model.state_dict())
+                if denoiser.has_scorers:
+                    best_denoiser = copy.deepcopy(denoiser.state_dict())
                 if train.save_checkpoints:
-                    io.torch_save(ckpt_dir / "best.pt", {"model": best_model, "epoch": epoch})
+                    io.torch_save(ckpt_dir / "best.pt", {"model": best_model, "epoch": epoch,
+                                                         "denoiser": best_denoiser})
             else:
                 state.bad_evals += 1
             bar.set_postfix(loss=f"{epoch_loss:.4f}", **{metric: f"{value:.4f}"},
@@ -218,4 +225,5 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
         stop_reason=state.stop_reason or "max_epochs",
         eval_excluded={"valid": valid_set.excluded, "test": test_set.excluded},
         eval_sample=eval_sample,
+        best_denoiser=best_denoiser,
     )

@@ -60,6 +60,8 @@ def build_teacher(cfg: GuiderConfig, data: Interactions, device: torch.device,
 
 @DENOISERS.register("guider", GuiderConfig)
 class Guider(Denoiser):
+    has_scorers = True  # the teacher is evaluated after training, also at the student's best epoch
+
     def __init__(self, cfg: GuiderConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         super().__init__(cfg, data, backbone, device, seed)

@@ -1,0 +1,77 @@
+"""The oracle: a measurement ceiling, never a method.
+
+It reads the labels of the injected noise (``Interactions.train_noise``), which no real denoiser
+can see, and gives the interactions labelled as noise the weight ``false_weight`` (default 0) in
+the backbone's main term, 1 elsewhere. With ``graph=true`` it also takes them out of every graph
+the backbone builds from training interactions (the user-item adjacency, FREEDOM's pruned graph,
+LGMRec's hypergraph input, ...): the backbone is built from the training split without them,
+while the sampler still visits every training interaction (at weight ``false_weight``).
+
+What a denoiser gains under noise is measured against ``none`` (the floor) and ``oracle`` (what
+perfect detection would give with the same backbone, seed and budget). Its scores are the
+labels themselves, so its detection AUC is 1 by construction. See docs/measuring.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..backbones import Backbone
+from ..data import Batch, Interactions
+from .base import DENOISERS, Denoiser, DenoiseConfig
+
+
+@dataclass
+class OracleConfig(DenoiseConfig):
+    name: str = "oracle"
+    false_weight: float = 0.0  # weight of an interaction labelled as injected noise
+    graph: bool = False  # true: labelled interactions are also left out of the backbone's graphs
+
+
+def require_labels(data: Interactions) -> None:
+    if not data.has_noise_labels:
+        raise ValueError(
+            f"denoise=oracle needs noise labels, but dataset '{data.name}' carries none (no noise "
+            f"was injected). Inject noise (noise=random|popular|modal with noise.ratio > 0), use "
+            f"dataset=synthetic (labelled by construction), or choose another denoiser.")
+
+
+def check_oracle(cfg: OracleConfig) -> None:
+    if not 0.0 <= cfg.false_weight <= 1.0:
+        raise ValueError(f"denoise.false_weight={cfg.false_weight}: must lie in [0, 1]")
+
+
+@DENOISERS.register("oracle", OracleConfig)
+class Oracle(Denoiser):
+    """Weight ``false_weight`` on labelled noise, 1 elsewhere; optionally no noisy graph edges."""
+
+    @classmethod
+    def graph_edges(cls, cfg: OracleConfig, data: Interactions) -> np.ndarray | None:
+        check_oracle(cfg)
+        require_labels(data)
+        return ~data.train_noise if cfg.graph else None
+
+    def __init__(self, cfg: OracleConfig, data: Interactions, backbone: Backbone,
+                 device: torch.device, seed: int):
+        super().__init__(cfg, data, backbone, device, seed)
+        check_oracle(cfg)
+        require_labels(data)
+        labels = torch.as_tensor(data.train_noise, dtype=torch.bool)
+        self.omega = torch.where(labels, torch.tensor(float(cfg.false_weight)),
+                                 torch.tensor(1.0)).to(device)
+
+    def weights(self, batch: Batch, main: torch.Tensor) -> torch.Tensor | None:
+        return self.omega[batch.idx]
+
+    def noise_scores(self) -> np.ndarray | None:
+        return self.data.train_noise.astype(np.float64)
+
+    def flagged(self) -> np.ndarray | None:
+        return self.data.train_noise.copy()
+
+    def summary(self) -> dict:
+        return {"n_labelled": int(self.data.train_noise.sum()),
+                "graph_edges_removed": int(self.data.train_noise.sum()) if self.cfg.graph else 0}
