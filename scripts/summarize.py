@@ -4,8 +4,9 @@
     python scripts/summarize.py outputs/multirun --out reports/all     # every sweep at once
 
 Writes runs.csv (one row per run, failed and unfinished runs included), summary.csv and
-summary.md (mean, std and count over seeds per setting) and figures/*.png into the folder (or
---out), and prints the markdown table. The same summary is written automatically at the end of
+summary.md (mean, std and count over seeds per setting; the paired differences to
+--reference, default none; the noise-detection table) and figures/*.png into the folder (or
+--out), and prints the markdown. The same summary is written automatically at the end of
 every `guider-train -m` sweep. See docs/sweeps.md.
 """
 
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="sweep folder (searched recursively for runs)")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the folder)")
+    parser.add_argument("--reference", default="none",
+                        help="denoiser that paired differences are taken against (default: none)")
     parser.add_argument("--quiet", action="store_true", help="do not print the table")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from guider.reporting.summary import summarize
 
-    result = summarize(args.folder, args.out)
+    result = summarize(args.folder, args.out, reference=args.reference)
     if not args.quiet:
         print(result.markdown)
     for path in result.files:

@@ -312,3 +312,89 @@ def test_ablation_variants_flip_one_switch(variant, key, value):
     flat = lambda c: {k: v for k, v in pd.json_normalize(OmegaConf.to_container(c, resolve=True)).iloc[0].items()}  # noqa: E731
     diff = {k for k in flat(cfg) if flat(cfg)[k] != flat(full).get(k)}
     assert diff == {key}
+
+
+# --- paired comparisons ----------------------------------------------------------------------
+
+
+def test_paired_differences_hand_worked(noise_sweep):
+    """guider - none, seed by seed: ratio 0 -> 0.01, 0.03, 0.02 (mean 0.02, std 0.01, se
+    0.01/sqrt 3); ratio 0.2 -> 0.09, 0.05 (seed 2 failed: unpaired), mean 0.07, se 0.02."""
+    result = summarize(noise_sweep)
+    table = result.paired.table.set_index("noise.ratio")
+    assert table["denoise"].tolist() == ["guider", "guider"]
+    assert table.loc[0.0, "pairs"] == 3 and table.loc[0.2, "pairs"] == 2
+    assert table.loc[0.0, "test.Recall@20 diff"] == pytest.approx(0.02, abs=1e-12)
+    assert table.loc[0.0, "test.Recall@20 se"] == pytest.approx(0.01 / math.sqrt(3), abs=1e-12)
+    assert table.loc[0.2, "test.Recall@20 diff"] == pytest.approx(0.07, abs=1e-12)
+    assert table.loc[0.2, "test.Recall@20 se"] == pytest.approx(0.02, abs=1e-12)
+    assert table.loc[0.2, "test.NDCG@20 diff"] == pytest.approx(0.035, abs=1e-12)
+    unpaired = result.paired.unpaired
+    assert unpaired["run"].tolist() == ["guider-0.2-2"]
+    assert unpaired["why"].iloc[0] == "run not completed"
+    md = result.markdown
+    assert "## Paired differences to denoise=none" in md
+    assert "| guider | 0.2 | 2 | +0.0700 ± 0.0200 |" in md
+    assert "Unpaired runs (1)" in md and "guider-0.2-2" in md
+    on_disk = pd.read_csv(noise_sweep / "summary.csv")
+    row = on_disk[(on_disk["denoise"] == "guider") & (on_disk["noise.ratio"] == 0.0)].iloc[0]
+    assert row["test.Recall@20 diff vs none"] == pytest.approx(0.02, abs=1e-12)
+    assert row["pairs vs none"] == 3
+    assert (noise_sweep / "figures" / "paired_test_recall_20_vs_none.png").is_file()
+
+
+def test_a_missing_reference_run_leaves_its_partner_unpaired(tmp_path):
+    root = tmp_path / "sweep"
+    make_run(root, "none-0", denoise="none", ratio=0.2, seed=0, recall=0.20)
+    make_run(root, "none-1", denoise="none", ratio=0.2, seed=1, recall=None,
+             error="RuntimeError: boom")  # the reference of seed 1 failed
+    for seed, recall in enumerate([0.26, 0.27, 0.28]):  # seed 2 has no reference at all
+        make_run(root, f"oracle-{seed}", denoise="oracle", ratio=0.2, seed=seed, recall=recall)
+        make_run(root, f"oracleg-{seed}", denoise="oracle", ratio=0.2, seed=seed,
+                 recall=recall + 0.01, extra_overrides=("denoise.graph=true",))
+    result = summarize(root)
+    table = result.paired.table
+    assert result.paired.config_keys == ["denoise", "denoise.graph"]
+    assert table["pairs"].tolist() == [1, 1]
+    graph = table["denoise.graph"].map(lambda v: v == "true")
+    assert table.loc[~graph, "test.Recall@20 diff"].item() == pytest.approx(0.06)
+    assert table.loc[graph, "test.Recall@20 diff"].item() == pytest.approx(0.07)
+    assert math.isnan(table["test.Recall@20 se"].iloc[0])  # one pair: no standard error
+    unpaired = result.paired.unpaired
+    assert sorted(unpaired["run"]) == ["oracle-1", "oracle-2", "oracleg-1", "oracleg-2"]
+    assert set(unpaired["why"]) == {"no completed denoise=none run with the same seed and settings"}
+    # another reference: graph=true against the plain oracle (whose denoise.graph is unset)
+    other = summarize(root, reference="oracle").paired.table.set_index("denoise")
+    assert other.loc["oracle", "pairs"] == 3  # graph=true vs the plain oracle, seeds 0-2
+    assert other.loc["oracle", "test.Recall@20 diff"] == pytest.approx(0.01)
+    assert other.loc["none", "pairs"] == 1  # the reference itself, where it completed
+    assert other.loc["none", "test.Recall@20 diff"] == pytest.approx(-0.06)
+
+
+def test_pairs_never_cross_noise_seeds(tmp_path):
+    root = tmp_path / "sweep"
+    make_run(root, "none", denoise="none", ratio=0.2, seed=0, recall=0.2)
+    run = make_run(root, "guider", denoise="guider", ratio=0.2, seed=0, recall=0.3)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["noise"]["seed"] = 1
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    paired = summarize(root).paired
+    assert paired.table["pairs"].tolist() == [0]
+    assert paired.unpaired["run"].tolist() == ["guider"]
+
+
+def test_detection_table_carries_the_trivial_scores(tmp_path):
+    root = tmp_path / "sweep"
+    for seed in (0, 1):
+        run = make_run(root, f"g{seed}", denoise="guider", ratio=0.2, seed=seed, recall=0.3,
+                       auc=0.7)
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["detection"].update(degree_auc=0.81, popularity_auc=0.8, band_auc=0.6 + seed / 10,
+                                    degree_band_auc=0.5,
+                                    bands={"1": {"n": 10, "auc": 0.55},
+                                           "2": {"n": 0, "auc": None}})
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    md = summarize(root).markdown
+    assert "## Noise detection" in md
+    assert "degree-only AUC" in md and "AUC, 1 items" in md and "AUC, 2 items" not in md
+    assert "| 2/2 | 0.7000 ± 0.0000 | 0.6500 ± 0.0707 | 0.8100 ± 0.0000 |" in md

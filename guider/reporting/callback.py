@@ -1,7 +1,8 @@
 """Hydra callback: write the sweep summary at the end of every multirun.
 
 Registered in conf/config.yaml under ``hydra.callbacks.summary``; switch it off for one sweep
-with ``~hydra.callbacks.summary``. A summary that cannot be written is logged and never fails
+with ``~hydra.callbacks.summary``; ``hydra.callbacks.summary.reference=oracle`` takes the
+paired differences against another denoiser than ``none``. A summary that cannot be written is logged and never fails
 the sweep: the runs are on disk and ``python scripts/summarize.py <folder>`` redoes it.
 """
 
@@ -18,8 +19,9 @@ log = logging.getLogger("guider")
 
 
 class SummaryCallback(Callback):
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, reference: str = "none") -> None:
         self.enabled = enabled
+        self.reference = reference  # paired differences against this denoiser
         self.folder: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -33,7 +35,7 @@ class SummaryCallback(Callback):
         try:
             from .summary import summarize
 
-            result = summarize(folder)
+            result = summarize(folder, reference=self.reference)
         except Exception:  # noqa: BLE001 - the summary must never fail a finished sweep
             log.exception("could not write the sweep summary for %s; the runs are intact, rerun "
                           "`python scripts/summarize.py %s`", folder, folder)

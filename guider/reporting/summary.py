@@ -336,6 +336,188 @@ def summary_markdown(summary: pd.DataFrame, runs: pd.DataFrame, group_keys: list
 
 
 # ---------------------------------------------------------------------------------------------
+# paired comparisons
+
+# Metrics compared seed by seed against the reference denoiser: (column, label).
+PAIRED_METRICS = (
+    ("test.Recall@20", "test Recall@20"),
+    ("test.NDCG@20", "test NDCG@20"),
+    ("valid.Recall@20", "valid Recall@20"),
+)
+# Detection columns of the detection table: (column, label).
+DETECTION_METRICS = (
+    ("detection.auc", "AUC"),
+    ("detection.band_auc", "band AUC"),
+    ("detection.degree_auc", "degree-only AUC"),
+    ("detection.degree_band_auc", "degree-only band AUC"),
+    ("detection.popularity_auc", "popularity-only AUC"),
+    ("detection.precision", "precision"),
+    ("detection.recall", "recall"),
+)
+
+
+def denoiser_columns(group_keys: list[str]) -> list[str]:
+    """The setting columns that describe the denoiser (what a paired comparison varies):
+    ``denoise``, any ``denoise.*`` override and an experiment ``variant``."""
+    return [k for k in group_keys
+            if k == "denoise" or k.startswith("denoise.") or k == "variant"]
+
+
+@dataclass
+class Paired:
+    """Per configuration: the mean paired difference to the reference, its standard error and
+    the number of pairs (``table``); the runs without a partner (``unpaired``)."""
+
+    reference: str
+    table: pd.DataFrame
+    unpaired: pd.DataFrame
+    config_keys: list[str]
+
+
+def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str = "none",
+                       metrics: Iterable[tuple[str, str]] = PAIRED_METRICS) -> Paired | None:
+    """Pair every completed run with the completed run of ``denoise=<reference>`` that shares
+    everything but the denoiser: the same seed, the same noise seed and the same values of every
+    other varying setting (backbone, noise ratio, ...). Per configuration (the setting columns
+    except seed) give mean(metric - reference metric) over its pairs, the standard error
+    std / sqrt(n) (sample std, empty for one pair) and n. Runs of other configurations without a
+    partner (the reference run missing, failed or unfinished; or the run itself not completed)
+    are returned in ``unpaired``, never silently dropped. None when the folder holds no
+    reference run or no other denoiser."""
+    if not len(runs) or "denoise" not in runs:
+        return None
+    keys = [k for k in group_keys if k != "seed"]
+    den = [k for k in denoiser_columns(keys)] or ["denoise"]
+    if "denoise" not in den:
+        den = ["denoise", *den]
+    base = [k for k in keys if k not in den]
+    pair_cols = [*base, "seed", *(["cfg.noise.seed"] if "cfg.noise.seed" in runs else [])]
+
+    def key_of(row: pd.Series) -> tuple:
+        return tuple("" if _missing(row.get(c)) else repr(row.get(c)) for c in pair_cols)
+
+    is_ref = runs["denoise"].astype(str) == reference
+    for col in den:  # the plain reference: no denoiser override of its own
+        if col != "denoise":
+            is_ref &= runs[col].map(_missing)
+    refs = runs[is_ref]
+    others = runs[~is_ref]  # with a variant as reference, its plain form is compared too
+    if not len(refs) or not len(others):
+        return None
+    ref_by_key: dict[tuple, pd.Series] = {}
+    for _, row in refs.iterrows():
+        if row["status"] == "completed":
+            ref_by_key.setdefault(key_of(row), row)
+    metric_cols = [(c, label) for c, label in metrics if c in runs]
+    rows, unpaired = [], []
+    frame = others.copy()
+    config_cols = [*den, *base]
+    frame["__config"] = [tuple("" if _missing(r[c]) else repr(r[c]) for c in config_cols)
+                         for _, r in frame.iterrows()]
+    for _, group in frame.groupby("__config", sort=False):
+        first = group.iloc[0]
+        out: dict[str, Any] = {c: first[c] for c in config_cols}
+        diffs: dict[str, list[float]] = {c: [] for c, _ in metric_cols}
+        n_pairs = 0
+        for _, row in group.iterrows():
+            partner = ref_by_key.get(key_of(row))
+            if row["status"] != "completed" or partner is None:
+                why = ("run not completed" if row["status"] != "completed"
+                       else f"no completed denoise={reference} run with the same seed and settings")
+                unpaired.append({"run": row["run"], **{c: row[c] for c in config_cols},
+                                 "seed": row.get("seed"), "status": row["status"], "why": why})
+                continue
+            n_pairs += 1
+            for col, _ in metric_cols:
+                a = pd.to_numeric(pd.Series([row[col], partner[col]]), errors="coerce")
+                if a.notna().all():
+                    diffs[col].append(float(a[0] - a[1]))
+        out["pairs"] = n_pairs
+        for col, _ in metric_cols:
+            values = pd.Series(diffs[col], dtype=float)
+            out[f"{col} diff"] = float(values.mean()) if len(values) else math.nan
+            out[f"{col} se"] = (float(values.std(ddof=1) / math.sqrt(len(values)))
+                                if len(values) > 1 else math.nan)
+        rows.append(out)
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.sort_values(by=[*base, *den], key=_sort_key, kind="stable")
+    return Paired(reference, table.reset_index(drop=True), pd.DataFrame(unpaired), config_cols)
+
+
+def _fmt_diff(mean: float, se: float) -> str:
+    if _missing(mean):
+        return "n/a"
+    text = f"{mean:+.4f}"
+    if not _missing(se):
+        text += f" ± {se:.4f}"
+    return text
+
+
+def paired_markdown(paired: Paired, metrics: Iterable[tuple[str, str]] = PAIRED_METRICS) -> str:
+    metrics = [(c, label) for c, label in metrics if f"{c} diff" in paired.table]
+    lines = ["", f"## Paired differences to denoise={paired.reference}", "",
+             f"Each run minus the denoise={paired.reference} run with the same seed, noise seed and "
+             f"other settings; mean ± standard error over the pairs (sample std / sqrt(n)); "
+             f"pairs = n. A difference smaller than about two standard errors decides nothing.", ""]
+    headers = [*paired.config_keys, "pairs", *[f"Δ {label}" for _, label in metrics]]
+    rows = [[*[_fmt_value(r[c]) for c in paired.config_keys], str(int(r["pairs"])),
+             *[_fmt_diff(r[f"{c} diff"], r[f"{c} se"]) for c, _ in metrics]]
+            for _, r in paired.table.iterrows()]
+    lines.append(markdown_table(headers, rows))
+    if len(paired.unpaired):
+        lines += ["", f"Unpaired runs ({len(paired.unpaired)}), left out of the differences:", ""]
+        cols = [c for c in ["run", *paired.config_keys, "seed", "status", "why"]
+                if c in paired.unpaired]
+        lines.append(markdown_table(cols, [[_fmt_value(r[c]) for c in cols]
+                                           for _, r in paired.unpaired.iterrows()]))
+    return "\n".join(lines) + "\n"
+
+
+def detection_markdown(summary: pd.DataFrame, runs: pd.DataFrame, group_keys: list[str]) -> str:
+    """The detection table: per setting (mean over seeds) the overall AUC next to the band AUC,
+    the trivial degree and popularity AUCs, precision, recall, and the AUC within each user-degree
+    band that holds noise. Empty when no run has detection numbers."""
+    keys = [k for k in group_keys if k != "seed"]
+    cols = [(c, label) for c, label in DETECTION_METRICS
+            if f"{c} mean" in summary and summary[f"{c} mean"].notna().any()]
+    band_cols = [c for c in runs.columns if c.startswith("detection.bands.") and c.endswith(".auc")]
+    band_cols = [c for c in band_cols if pd.to_numeric(runs[c], errors="coerce").notna().any()]
+    if not cols:
+        return ""
+    done = runs[runs["status"] == "completed"].copy()
+    for key in keys:
+        done[f"__{key}"] = done[key].map(lambda v: "" if _missing(v) else repr(v))
+    band_means: dict[tuple, dict[str, float]] = {}
+    if keys and band_cols:
+        for name, group in done.groupby([f"__{k}" for k in keys], sort=False):
+            name = name if isinstance(name, tuple) else (name,)
+            band_means[name] = {c: pd.to_numeric(group[c], errors="coerce").mean() for c in band_cols}
+    headers = [*keys, "n", *[label for _, label in cols],
+               *[f"AUC, {c.split('.')[2]} items" for c in band_cols]]
+    rows = []
+    for _, row in summary.iterrows():
+        values = [row[f"{c} mean"] for c, _ in cols]
+        if all(_missing(v) for v in values):
+            continue
+        name = tuple("" if _missing(row[k]) else repr(row[k]) for k in keys)
+        bands = band_means.get(name, {})
+        rows.append([*[_fmt_value(row[k]) for k in keys], f"{row['completed']}/{row['runs']}",
+                     *[_fmt_metric(row[f"{c} mean"], row[f"{c} std"], False) for c, _ in cols],
+                     *["n/a" if _missing(bands.get(c)) else f"{bands[c]:.4f}" for c in band_cols]])
+    if not rows:
+        return ""
+    return "\n".join([
+        "", "## Noise detection", "",
+        "Mean ± std over seeds. *band AUC*: the AUC over (noisy, clean) pairs whose users fall in "
+        "the same training-degree band; *degree-only* / *popularity-only*: the AUC of the trivial "
+        "scores \"the user has few training items\" / \"the item has few training "
+        "interactions\". A denoiser shows detection beyond the trivial scores only where its AUC "
+        "beats them. The last columns: the AUC within each user-degree band (mean over seeds).",
+        "", markdown_table(headers, rows)]) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
 # figures
 
 
@@ -418,6 +600,55 @@ def write_figures(summary: pd.DataFrame, group_keys: list[str], out_dir: Path,
     return written
 
 
+def write_paired_figure(paired: Paired, out_dir: Path, context: str = "",
+                        metric: tuple[str, str] = PAIRED_METRICS[0]) -> list[Path]:
+    """The paired difference of ``metric`` to the reference: against the noise ratio (one line
+    per configuration, ± standard-error bars) when noise.ratio varies, else one bar per
+    configuration."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    col, label = metric
+    table = paired.table
+    if f"{col} diff" not in table or not table[f"{col} diff"].notna().any():
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(max(6.4, 0.45 * len(table)), 4.4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    data = table[table[f"{col} diff"].notna()].copy()
+    series = [k for k in paired.config_keys if k != "noise.ratio"]
+    if "noise.ratio" in paired.config_keys and data["noise.ratio"].nunique() > 1:
+        data["__series"] = [_label(r, series) for _, r in data.iterrows()]
+        for name, part in data.groupby("__series", sort=True):
+            part = part.sort_values("noise.ratio", key=_sort_key)
+            x = pd.to_numeric(part["noise.ratio"], errors="coerce").to_numpy(float)
+            ax.errorbar(x, part[f"{col} diff"].to_numpy(float),
+                        yerr=part[f"{col} se"].fillna(0.0).to_numpy(float), marker="o",
+                        capsize=3, label=name)
+        ax.set_xlabel("noise ratio")
+        ax.legend(fontsize=8)
+    else:
+        labels = [_label(r, paired.config_keys) for _, r in data.iterrows()]
+        pos = list(range(len(labels)))
+        ax.bar(pos, data[f"{col} diff"].to_numpy(float),
+               yerr=data[f"{col} se"].fillna(0.0).to_numpy(float), capsize=4,
+               color="tab:blue", alpha=0.8)
+        ax.set_xticks(pos)
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_ylabel(f"Δ {label} vs denoise={paired.reference}")
+    ax.set_title(f"Paired difference of {label} to denoise={paired.reference} (mean ± s.e.)"
+                 + (f"\n{context}" if context else ""), fontsize=9)
+    ax.grid(alpha=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig.tight_layout()
+    path = out_dir / f"paired_{_slug(label)}_vs_{_slug(paired.reference)}.png"
+    fig.savefig(path)
+    return [path]
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -429,13 +660,16 @@ class Summary:
     group_keys: list[str]
     markdown: str
     files: list[Path] = field(default_factory=list)
+    paired: Paired | None = None
 
 
 def summarize(folder: str | Path, out_dir: str | Path | None = None,
-              metrics: Iterable[tuple[str, str, bool]] = DEFAULT_METRICS) -> Summary:
+              metrics: Iterable[tuple[str, str, bool]] = DEFAULT_METRICS,
+              reference: str = "none") -> Summary:
     """Collect every run under ``folder`` and write ``runs.csv`` (one row per run),
-    ``summary.csv`` and ``summary.md`` (aggregated over seeds) and ``figures/*.png`` into
-    ``out_dir`` (default: ``folder``)."""
+    ``summary.csv`` and ``summary.md`` (aggregated over seeds, with the paired differences to
+    ``denoise=<reference>`` and the detection table) and ``figures/*.png`` into ``out_dir``
+    (default: ``folder``)."""
     from .. import io
 
     folder = Path(folder)
@@ -444,9 +678,28 @@ def summarize(folder: str | Path, out_dir: str | Path | None = None,
     out = Path(out_dir) if out_dir is not None else folder
     metrics = list(metrics)
     runs, varying = collect_runs(folder)
-    summary = aggregate(runs, varying, metrics) if len(runs) else pd.DataFrame()
+    summary = aggregate(runs, varying, [*metrics, *[(c, label, True) for c, label in
+                                                    DETECTION_METRICS if c not in
+                                                    {m[0] for m in metrics}]]) \
+        if len(runs) else pd.DataFrame()
     md = (summary_markdown(summary, runs, varying, metrics, title=f"Sweep summary: {folder}")
           if len(runs) else f"# Sweep summary: {folder}\n\nNo run folders found.\n")
+    paired = paired_differences(runs, varying, reference) if len(runs) else None
+    if paired is not None and len(paired.table):
+        md += paired_markdown(paired)
+        keys = [c for c in paired.config_keys if c in summary]
+        if keys:  # the paired columns beside each configuration's row of summary.csv
+            extra = paired.table.rename(columns={
+                c: f"{c} vs {reference}" for c in paired.table.columns
+                if c not in paired.config_keys})
+            left = summary.assign(__k=[tuple(_fmt_value(r[k]) for k in keys)
+                                       for _, r in summary.iterrows()])
+            right = extra.assign(__k=[tuple(_fmt_value(r[k]) for k in keys)
+                                      for _, r in extra.iterrows()]).drop(
+                columns=[c for c in paired.config_keys])
+            summary = left.merge(right, on="__k", how="left").drop(columns="__k")
+    if len(runs):
+        md += detection_markdown(summary, runs, varying)
     files = [out / "runs.csv", out / "summary.csv", out / "summary.md"]
     io.write_text(files[0], runs.drop(columns=[c for c in runs.columns if c.startswith("cfg.")])
                   .to_csv(index=False))
@@ -455,4 +708,8 @@ def summarize(folder: str | Path, out_dir: str | Path | None = None,
     if len(summary) or (out / "figures").is_dir():
         context = ", ".join(f for f in fixed_settings(runs, varying) if not f.startswith("seed="))
         files += write_figures(summary, varying, out / "figures", metrics, context)
-    return Summary(folder, runs, summary, varying, md, files)
+        for old in (out / "figures").glob("paired_*.png") if (out / "figures").is_dir() else []:
+            old.unlink()
+        if paired is not None and len(paired.table):
+            files += write_paired_figure(paired, out / "figures", context)
+    return Summary(folder, runs, summary, varying, md, files, paired)
