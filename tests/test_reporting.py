@@ -398,3 +398,15 @@ def test_detection_table_carries_the_trivial_scores(tmp_path):
     assert "## Noise detection" in md
     assert "degree-only AUC" in md and "AUC, 1 items" in md and "AUC, 2 items" not in md
     assert "| 2/2 | 0.7000 ± 0.0000 | 0.6500 ± 0.0707 | 0.8100 ± 0.0000 |" in md
+
+
+def test_the_reference_is_the_denoisers_default_configuration():
+    from guider.reporting.summary import _at_default
+
+    assert _at_default("oracle", "denoise.graph", None)
+    assert _at_default("oracle", "denoise.graph", False) and _at_default("oracle", "denoise.graph", "false")
+    assert not _at_default("oracle", "denoise.graph", True)
+    assert _at_default("oracle", "denoise.false_weight", 0) and not _at_default("oracle", "denoise.false_weight", 0.5)
+    assert _at_default("guider", "denoise.amsc.rho_max", 0.1)
+    assert not _at_default("guider", "denoise.amsc.rho_max", 0.2)
+    assert not _at_default("oracle", "variant", "no_kd")

@@ -374,11 +374,36 @@ class Paired:
     config_keys: list[str]
 
 
+def _at_default(denoiser: str, column: str, value: Any) -> bool:
+    """Whether a run's ``column`` (``denoise.<key>``, or ``variant``) leaves the denoiser
+    ``denoiser`` at its registered default: the value is missing or equals the schema's."""
+    if _missing(value):
+        return True
+    if not column.startswith("denoise."):
+        return False
+    try:
+        from ..denoise import DENOISERS
+
+        default: Any = DENOISERS.get(denoiser).schema()
+        for part in column.split(".")[1:]:
+            default = getattr(default, part)
+    except (KeyError, AttributeError, TypeError):
+        return False
+    if isinstance(default, bool) or isinstance(value, bool):
+        return str(value).lower() == str(default).lower()
+    try:
+        return float(value) == float(default)
+    except (TypeError, ValueError):
+        return str(value) == str(default)
+
+
 def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str = "none",
                        metrics: Iterable[tuple[str, str]] = PAIRED_METRICS) -> Paired | None:
     """Pair every completed run with the completed run of ``denoise=<reference>`` that shares
     everything but the denoiser: the same seed, the same noise seed and the same values of every
-    other varying setting (backbone, noise ratio, ...). Per configuration (the setting columns
+    other varying setting (backbone, noise ratio, ...). The reference is the plain
+    configuration of that denoiser: its overridden keys (``denoise.*`` columns) unset or at the
+    registered defaults, no ``variant``. Per configuration (the setting columns
     except seed) give mean(metric - reference metric) over its pairs, the standard error
     std / sqrt(n) (sample std, empty for one pair) and n. Runs of other configurations without a
     partner (the reference run missing, failed or unfinished; or the run itself not completed)
@@ -397,9 +422,9 @@ def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str
         return tuple("" if _missing(row.get(c)) else repr(row.get(c)) for c in pair_cols)
 
     is_ref = runs["denoise"].astype(str) == reference
-    for col in den:  # the plain reference: no denoiser override of its own
+    for col in den:  # the plain reference: each of its denoiser keys unset or at its default
         if col != "denoise":
-            is_ref &= runs[col].map(_missing)
+            is_ref &= runs[col].map(lambda v, col=col: _at_default(reference, col, v))
     refs = runs[is_ref]
     others = runs[~is_ref]  # with a variant as reference, its plain form is compared too
     if not len(refs) or not len(others):
