@@ -38,7 +38,7 @@ def summary_line(metrics: dict) -> str:
 def main(cfg: DictConfig) -> float | None:
     from .data import DataError
     from .pipeline import run, write_failure
-    from .training import NonFiniteLoss
+    from .training import NonFiniteLoss, ResumeRefused
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -53,6 +53,11 @@ def main(cfg: DictConfig) -> float | None:
                 print(f"outputs: {run_dir}")
                 return (done.get("valid") or {}).get(cfg.eval.valid_metric)
         metrics = run(cfg, run_dir)
+    except ResumeRefused as exc:  # the folder is left exactly as it was
+        log.error("run refused: %s", exc)
+        if multirun:
+            return None
+        sys.exit(1)
     except (DataError, NonFiniteLoss, ValueError, KeyError) as exc:
         write_failure(run_dir, exc)
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
@@ -71,5 +76,20 @@ def main(cfg: DictConfig) -> float | None:
     return metrics["valid"].get(cfg.eval.valid_metric)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """``guider-train``: ``main``, then exit 1 when a sweep left failed runs in its folder (after
+    writing its summary), so scripts and schedulers can tell."""
+    from .reporting import callback
+
+    callback.FAILED_RUNS.clear()
     main()
+    if callback.FAILED_RUNS:
+        n = len(callback.FAILED_RUNS)
+        print(f"{n} run(s) of the sweep failed ({', '.join(callback.FAILED_RUNS[:5])}"
+              f"{', ...' if n > 5 else ''}): see summary.md; rerunning the same sweep retries them",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    entry()

@@ -201,8 +201,34 @@ DEVICES = ("auto", "cpu", "cuda")
 NOISE_TYPES = ("none", "random", "popular", "modal")
 
 
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse keys the root schema does not know (``+train.epohcs=3``, ``+foo=1``): Hydra lets a
+    ``+`` override add them, and merging onto the schema would keep them silently. The groups
+    with schemas of their own (dataset, noise, backbone, denoise) are checked when merged."""
+    import difflib
+    from dataclasses import fields, is_dataclass
+
+    def walk(node: Any, schema: type, prefix: str) -> None:
+        known = {f.name: f for f in fields(schema)}
+        for key in node.keys():
+            if prefix == "" and key == "hydra":
+                continue
+            if key not in known:
+                close = difflib.get_close_matches(str(key), list(known), n=1)
+                hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+                raise ValueError(f"unknown key {prefix}{key}{hint} (a '+' override adds keys "
+                                 f"that nothing reads; see guider-train --cfg job for the keys)")
+            default = known[key].default_factory() if callable(known[key].default_factory) else None
+            value = node[key]
+            if is_dataclass(default) and OmegaConf.is_dict(value):
+                walk(value, type(default), f"{prefix}{key}.")
+
+    walk(cfg, RootConfig, "")
+
+
 def check_common(cfg: DictConfig) -> tuple[RootConfig, DatasetConfig, NoiseConfig]:
     """Validate the shared parts; raise ValueError naming the key and the fix."""
+    check_known_keys(cfg)
     root = OmegaConf.merge(OmegaConf.structured(RootConfig), cfg)
     dataset = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), cfg.dataset))
     noise = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(NoiseConfig), cfg.noise))

@@ -4,6 +4,7 @@ noise, build backbone and denoiser, train, write the run folder."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import platform
 import sys
@@ -13,7 +14,6 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,8 +27,8 @@ from .denoise import DENOISERS, Denoiser, build_denoiser
 from .evaluation import evaluate
 from .evaluation.detection import detection_metrics
 from .sizecheck import check_size
-from .training import fit
-from .training.loop import build_eval_sets
+from .training import check_resumable, fit
+from .training.loop import build_eval_sets, write_history
 
 log = logging.getLogger("guider")
 
@@ -62,6 +62,7 @@ def validate(cfg: DictConfig):
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run one job in ``run_dir``; returns the metrics dict also written to metrics.json."""
     run_dir = Path(run_dir)
+    check_resume(cfg, run_dir)  # a refused resume changes nothing in the folder
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
@@ -74,6 +75,16 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         handler.close()
 
 
+def check_resume(cfg: DictConfig, run_dir: Path) -> None:
+    """With ``train.resume`` and a checkpoint in ``run_dir``: raise ``ResumeRefused`` before
+    anything is written when the checkpoint comes from another configuration."""
+    parts = validate(cfg)
+    last = run_dir / "checkpoints" / "last.pt"
+    if parts[0].train.resume and last.is_file():
+        check_resumable(torch.load(last, map_location="cpu", weights_only=False),
+                        run_fingerprint(*parts), last)
+
+
 @dataclass
 class Job:
     """Everything one run needs, built from a validated config."""
@@ -84,6 +95,21 @@ class Job:
     denoiser: Denoiser
     device: torch.device
     fingerprint: dict
+
+
+def run_fingerprint(root: RootConfig, dataset: DatasetConfig, noise, backbone_cfg,
+                    denoise_cfg) -> dict:
+    """What a checkpoint must have been written with to be resumed (from the config alone)."""
+    fingerprint = {
+        "seed": root.seed, "dataset": dataset_identity(asdict(dataset)),
+        "noise": drop_neutral(asdict(noise), "noise"),
+        "backbone": drop_neutral(asdict(backbone_cfg), "backbone"), "denoise": asdict(denoise_cfg),
+        "batch_size": root.train.batch_size, "lr": root.train.lr,
+        "eval_every": root.train.eval_every,
+    }
+    if root.eval.sample_users:  # absent at 0, so older checkpoints still resume
+        fingerprint["eval_sample"] = [root.eval.sample_users, root.eval.sample_seed]
+    return fingerprint
 
 
 def prepare(cfg: DictConfig) -> Job:
@@ -107,14 +133,7 @@ def prepare(cfg: DictConfig) -> Job:
     with use_graph_cache(graph_cache(root, dataset, graph_data)):
         model = build_backbone(backbone_cfg, graph_data, device)
         denoiser = build_denoiser(denoise_cfg, data, model, device, seed)
-    fingerprint = {
-        "seed": seed, "dataset": dataset_identity(asdict(dataset)), "noise": drop_neutral(asdict(noise), "noise"),
-        "backbone": drop_neutral(asdict(backbone_cfg), "backbone"), "denoise": asdict(denoise_cfg),
-        "batch_size": root.train.batch_size, "lr": root.train.lr,
-        "eval_every": root.train.eval_every,
-    }
-    if root.eval.sample_users:  # absent at 0, so older checkpoints still resume
-        fingerprint["eval_sample"] = [root.eval.sample_users, root.eval.sample_seed]
+    fingerprint = run_fingerprint(root, dataset, noise, backbone_cfg, denoise_cfg)
     return Job(root, data, model, denoiser, device, fingerprint)
 
 
@@ -228,18 +247,30 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "denoiser": job.denoiser.summary(),
         "auxiliary": auxiliary_metrics(job, result.best_denoiser),
         "cold_start": data.info.get("cold_start"),
-        "seconds": {**result.seconds, "total": time.perf_counter() - t_start},
+        # total: wall seconds of every session of the run (earlier sessions of a resumed run
+        # counted from their start of training); sessions: 1 + the number of resumes
+        "seconds": {**result.seconds,
+                    "total": result.seconds_previous + time.perf_counter() - t_start,
+                    "sessions": result.sessions},
         "versions": versions(),
     }
     io.write_json(run_dir / "metrics.json", metrics)
-    if result.history:
-        io.write_text(run_dir / "history.csv", pd.DataFrame(result.history).to_csv(index=False))
+    write_history(run_dir, result.history)
     log.info("test: %s", {k: round(v, 5) for k, v in result.test.items()})
     return metrics
 
 
 def write_failure(run_dir: str | Path, exc: BaseException) -> None:
-    """Record a failed run so a sweep summary shows it instead of silently dropping it."""
-    io.write_json(Path(run_dir) / "metrics.json", {
+    """Record a failed run so a sweep summary shows it instead of silently dropping it. A folder
+    that holds a completed run keeps it: the failure of a later command there is only logged."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        if json.loads(path.read_text()).get("status") == "completed":
+            log.error("%s holds a completed run: left as it was (this command failed: %s: %s)",
+                      run_dir, type(exc).__name__, exc)
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    io.write_json(path, {
         "status": "failed", "error": f"{type(exc).__name__}: {exc}", "versions": versions(),
     })

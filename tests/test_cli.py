@@ -45,7 +45,10 @@ def test_multirun_keeps_going_when_one_run_fails(tmp_path):
     # the second run reads the synthetic name from a (missing) folder instead of generating it
     out = guider_train("-m", *TINY, "dataset.kind=synthetic,mmrec", f"data_dir={tmp_path / 'nowhere'}",
                        f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${hydra.job.num}")
-    assert out.returncode == 0, out.stderr
+    # every run was attempted and the summary written, then the exit code says a run failed
+    assert out.returncode == 1, out.stderr
+    assert "1 run(s) of the sweep failed" in out.stderr
+    assert (tmp_path / "summary.md").is_file()
     ok = json.loads((tmp_path / "0" / "metrics.json").read_text())
     failed = json.loads((tmp_path / "1" / "metrics.json").read_text())
     assert ok["status"] == "completed"
@@ -64,6 +67,19 @@ def test_unknown_backbone_fails_clearly(tmp_path):
     out = guider_train(*TINY, "backbone=nosuch", f"hydra.run.dir={tmp_path}")
     assert out.returncode != 0
     assert "nosuch" in out.stderr and "lightgcn" in out.stderr
+
+
+def test_a_sweep_without_failures_exits_zero(tmp_path):
+    out = guider_train("-m", *TINY, "train.epochs=1", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+
+
+def test_added_typo_key_fails_before_work(tmp_path):
+    out = guider_train(*TINY, "+train.epohcs=3", f"hydra.run.dir={tmp_path}")
+    assert out.returncode != 0
+    assert "unknown key train.epohcs" in out.stderr and "train.epochs" in out.stderr
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.yaml").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
 
 
 def test_typo_in_key_fails_before_work(tmp_path):

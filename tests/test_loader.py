@@ -183,7 +183,7 @@ def test_no_training_rows(tmp_path):
 
 def test_header_only_file(tmp_path):
     write_inter(tmp_path / "toy.inter", [])
-    expect_error(tmp_path, "toy.inter", "no interactions")
+    expect_error(tmp_path, "toy.inter", "no interactions", "one", "x_label")
 
 
 def test_empty_file(tmp_path):
@@ -226,7 +226,12 @@ def test_features_not_2d_or_not_float(tmp_path):
     expect_error(tmp_path, "v.npy", "2-D", features={"image": "v.npy"})
     np.save(tmp_path / "v.npy", np.zeros((4, 2), dtype=np.int64))
     expect_error(tmp_path, "v.npy", "float", features={"image": "v.npy"})
-    (tmp_path / "v.npy").write_text("not an array")
+    (tmp_path / "v.npy").write_text("0.1,0.2\n0.3,0.4\n")  # a CSV saved under a .npy name
+    msg = expect_error(tmp_path, "v.npy", "not a .npy file", "numpy.save",
+                       features={"image": "v.npy"})
+    assert "allow_pickle" not in msg  # never NumPy's unsafe advice
+    np.save(tmp_path / "v.npy", np.zeros((4, 2), dtype=np.float32))
+    (tmp_path / "v.npy").write_bytes((tmp_path / "v.npy").read_bytes()[:40])  # cut short
     expect_error(tmp_path, "v.npy", "not a readable .npy", features={"image": "v.npy"})
 
 

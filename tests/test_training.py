@@ -37,7 +37,8 @@ def test_outputs_written(tiny_cfg, tmp_path):
     assert on_disk["test"] == pytest.approx(metrics["test"])
     for key in ("best_epoch", "epochs_run", "valid", "test", "seconds", "versions", "seed", "noise"):
         assert key in on_disk
-    assert set(on_disk["seconds"]) == {"train", "eval", "total"}
+    assert set(on_disk["seconds"]) == {"train", "eval", "total", "sessions"}
+    assert on_disk["seconds"]["sessions"] == 1
     assert "Recall@20" in on_disk["test"] and "MAP@50" in on_disk["valid"]
     assert on_disk["versions"]["torch"] == torch.__version__
     history = pd.read_csv(tmp_path / "history.csv")
@@ -130,6 +131,48 @@ def test_resume_refuses_other_config(tiny_cfg, tmp_path):
     run(tiny_cfg("train.epochs=2"), tmp_path)
     with pytest.raises(ValueError, match="different configuration.*backbone"):
         run(tiny_cfg("train.epochs=3", "train.resume=true", "backbone=mf"), tmp_path)
+
+
+def test_refused_resume_leaves_the_finished_run_byte_identical(tiny_cfg, tmp_path):
+    from guider.pipeline import write_failure
+    from guider.training import ResumeRefused
+
+    run(tiny_cfg("train.epochs=2"), tmp_path)
+    files = {name: (tmp_path / name).read_bytes()
+             for name in ("metrics.json", "config.yaml", "history.csv", "train.log")}
+    with pytest.raises(ResumeRefused, match="lr"):
+        run(tiny_cfg("train.epochs=2", "train.resume=true", "train.lr=0.01"), tmp_path)
+    # and a later failure of another command there (the CLI records failures) keeps it too
+    write_failure(tmp_path, RuntimeError("boom"))
+    for name, content in files.items():
+        assert (tmp_path / name).read_bytes() == content, name
+
+
+def test_history_is_written_every_epoch_and_seconds_add_up_over_resumes(tiny_cfg, tmp_path):
+    from guider.pipeline import prepare
+    from guider.training import fit
+
+    from .conftest import Interrupt
+
+    overrides = ("train.epochs=4", "train.patience=100")
+
+    def stop(epoch: int) -> None:
+        if epoch == 1:
+            raise Interrupt
+
+    job = prepare(tiny_cfg(*overrides))
+    with pytest.raises(Interrupt):
+        fit(job.model, job.denoiser, job.data, job.root.train, job.root.eval, job.device,
+            job.root.seed, tmp_path, job.fingerprint, on_epoch_end=stop)
+    history = pd.read_csv(tmp_path / "history.csv")  # there while the run is unfinished
+    assert history["epoch"].tolist() == [0, 1]
+    first = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["state"]
+    assert first["sessions"] == 1 and first["seconds_wall"] > 0
+    metrics = run(tiny_cfg(*overrides, "train.resume=true"), tmp_path)
+    assert metrics["seconds"]["sessions"] == 2
+    assert metrics["seconds"]["total"] >= first["seconds_wall"]
+    assert metrics["seconds"]["total"] >= metrics["seconds"]["train"] + metrics["seconds"]["eval"]
+    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [0, 1, 2, 3]
 
 
 def test_nan_loss_stops_with_clear_message(tiny_cfg, tmp_path, monkeypatch):

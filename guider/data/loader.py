@@ -47,7 +47,10 @@ def read_inter(path: Path) -> pd.DataFrame:
             f"{', '.join(REQUIRED_COLUMNS)}."
         )
     if len(df) == 0:
-        raise DataError(f"{path}: no interactions (only a header)")
+        raise DataError(f"{path}: no interactions (only a header). Fill it with one "
+                        f"tab-separated row per interaction (userID, itemID, x_label: 0 train, "
+                        f"1 valid, 2 test), or point data_dir / dataset.inter_file at the right "
+                        f"file")
     for col in REQUIRED_COLUMNS:
         if not pd.api.types.is_integer_dtype(df[col]):
             bad = df[col][pd.to_numeric(df[col], errors="coerce").isna()
@@ -103,7 +106,16 @@ def split_frame(path: Path, df: pd.DataFrame) -> tuple[int, int, Split, Split, S
 
 def load_features(path: Path, n_items: int) -> np.ndarray:
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+        if magic != b"\x93NUMPY":
+            raise DataError(
+                f"{path}: not a .npy file (it does not start with NumPy's .npy header; a text, "
+                f"CSV or pickle file renamed to .npy cannot be read). Save the features with "
+                f"numpy.save(path, array) as an items x dims float array, row k = item k")
         arr = np.load(path, allow_pickle=False)
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"{path}: not a readable .npy array ({exc})") from exc
     if arr.ndim != 2:

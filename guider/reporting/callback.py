@@ -17,6 +17,9 @@ from omegaconf import DictConfig
 
 log = logging.getLogger("guider")
 
+# runs of the last summarised sweep folder that failed: read by guider-train to exit non-zero
+FAILED_RUNS: list[str] = []
+
 
 class SummaryCallback(Callback):
     def __init__(self, enabled: bool = True, reference: str = "none") -> None:
@@ -42,3 +45,6 @@ class SummaryCallback(Callback):
             return
         print(result.markdown)
         log.info("sweep summary: %s", ", ".join(str(p) for p in result.files))
+        runs = result.runs
+        FAILED_RUNS[:] = (runs.loc[runs["status"] == "failed", "run"].astype(str).tolist()
+                          if len(runs) and "status" in runs else [])

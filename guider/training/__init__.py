@@ -1,5 +1,5 @@
 """The training loop: epochs, early stopping on validation, checkpoints, resume."""
 
-from .loop import FitResult, NonFiniteLoss, fit
+from .loop import FitResult, NonFiniteLoss, ResumeRefused, check_resumable, fit
 
-__all__ = ["FitResult", "NonFiniteLoss", "fit"]
+__all__ = ["FitResult", "NonFiniteLoss", "ResumeRefused", "check_resumable", "fit"]

@@ -35,6 +35,21 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf."""
 
 
+class ResumeRefused(ValueError):
+    """A checkpoint written by another configuration: nothing of the run folder may change."""
+
+
+def check_resumable(ck: dict, fingerprint: dict | None, last: Path) -> None:
+    """Raise ``ResumeRefused`` unless checkpoint ``ck`` was written with ``fingerprint``."""
+    if fingerprint is not None and ck.get("fingerprint") != fingerprint:
+        diff = sorted(k for k in fingerprint if ck.get("fingerprint", {}).get(k) != fingerprint[k])
+        raise ResumeRefused(
+            f"cannot resume from {last}: it was written with a different configuration "
+            f"(differs in: {', '.join(diff)}). Resume with the same settings or start a new run "
+            f"in another folder; nothing in {last.parent.parent} was changed."
+        )
+
+
 @dataclass
 class TrainState:
     epoch: int = 0  # next epoch to run
@@ -46,6 +61,8 @@ class TrainState:
     seconds_train: float = 0.0
     seconds_eval: float = 0.0
     history: list[dict] = field(default_factory=list)
+    sessions: int = 0  # how many times training started or resumed
+    seconds_wall: float = 0.0  # wall seconds of every session, from its start of training
 
 
 @dataclass
@@ -62,6 +79,8 @@ class FitResult:
     eval_sample: dict | None = None
     # the denoiser's state at the best epoch (denoisers with recommenders of their own only)
     best_denoiser: dict | None = None
+    sessions: int = 1
+    seconds_previous: float = 0.0  # wall seconds of the earlier sessions of a resumed run
 
 
 def build_eval_sets(data: Interactions,
@@ -87,6 +106,14 @@ def build_eval_sets(data: Interactions,
     return valid, test, info
 
 
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    """``history.csv``: one row per evaluation (epoch, mean training loss, valid metrics)."""
+    import pandas as pd
+
+    if history:
+        io.write_text(Path(run_dir) / "history.csv", pd.DataFrame(history).to_csv(index=False))
+
+
 def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainConfig,
         evalc: EvalConfig, device: torch.device, seed: int, run_dir: Path,
         fingerprint: dict | None = None,
@@ -106,12 +133,7 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
         last = ckpt_dir / "last.pt"
         if last.is_file():
             ck = torch.load(last, map_location=device, weights_only=False)
-            if fingerprint is not None and ck.get("fingerprint") != fingerprint:
-                diff = sorted(k for k in fingerprint if ck.get("fingerprint", {}).get(k) != fingerprint[k])
-                raise ValueError(
-                    f"cannot resume from {last}: it was written with a different configuration "
-                    f"(differs in: {', '.join(diff)}). Resume with the same settings or start a new run."
-                )
+            check_resumable(ck, fingerprint, last)
             model.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
             denoiser.load_state_dict(ck["denoiser"])
@@ -129,6 +151,8 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
         else:
             log.warning("train.resume=true but %s does not exist; starting from scratch", last)
 
+    state.sessions += 1
+    seconds_previous, t_session = state.seconds_wall, time.perf_counter()
     metric = evalc.valid_metric
     budget_s = 60.0 * train.max_minutes
     bar = tqdm(range(state.epoch, train.epochs), initial=state.epoch, total=train.epochs,
@@ -193,6 +217,8 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
             if state.bad_evals >= train.patience:
                 state.finished, state.stop_reason = True, "early_stopping"
                 log.info("early stop: no %s improvement in %d evaluations", metric, train.patience)
+            write_history(run_dir, state.history)  # a long run can be watched as it goes
+        state.seconds_wall = seconds_previous + time.perf_counter() - t_session
         if train.save_checkpoints:
             io.torch_save(ckpt_dir / "last.pt", {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -226,4 +252,6 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
         eval_excluded={"valid": valid_set.excluded, "test": test_set.excluded},
         eval_sample=eval_sample,
         best_denoiser=best_denoiser,
+        sessions=state.sessions,
+        seconds_previous=seconds_previous,
     )
