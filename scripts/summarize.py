@@ -1,45 +1,17 @@
-"""Summarise a folder of runs (a sweep folder, or any folder holding run folders).
+"""Summarise a folder of runs: the same as the installed command ``guider-summarize``
+(guider/reporting/summarize_cli.py), runnable from a checkout without installing.
 
-    python scripts/summarize.py outputs/multirun/noise_sweep/2026-11-27_14-00-00
-    python scripts/summarize.py outputs/multirun --out reports/all     # every sweep at once
-
-Writes runs.csv (one row per run, failed and unfinished runs included), summary.csv and
-summary.md (mean, std and count over seeds per setting; the paired differences to
---reference, default none; the noise-detection table) and figures/*.png into the folder (or
---out), and prints the markdown. The same summary is written automatically at the end of
-every `guider-train -m` sweep. See docs/sweeps.md.
+    python scripts/summarize.py <sweep folder> [--out DIR] [--reference oracle]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, help="sweep folder (searched recursively for runs)")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the folder)")
-    parser.add_argument("--reference", default="none",
-                        help="denoiser that paired differences are taken against (default: none)")
-    parser.add_argument("--quiet", action="store_true", help="do not print the table")
-    args = parser.parse_args(argv)
-    if not args.folder.is_dir():
-        parser.error(f"no such folder: {args.folder}")
-
-    from guider.reporting.summary import summarize
-
-    result = summarize(args.folder, args.out, reference=args.reference)
-    if not args.quiet:
-        print(result.markdown)
-    for path in result.files:
-        print(f"wrote {path}")
-    return 0
-
+from guider.reporting.summarize_cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

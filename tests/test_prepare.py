@@ -351,7 +351,8 @@ def test_encoding_resumes_from_finished_chunks(tmp_path, fake_text, monkeypatch)
 # ---------------------------------------------------------------------------------------------
 
 
-def test_validation_errors_name_the_problem(tmp_path, capsys):
+def test_validation_errors_name_the_problem(tmp_path, capsys, fake_text):
+    # fake_text: these checks of the inputs need no encoder (the extra may be absent)
     out = ["--out", tmp_path / "out", "--name", "toy"]
     bad_cols = write(tmp_path / "cols.csv", "who,what\na,b\n")
     expect_error(capsys, "cols.csv", "which column holds the user", "--user-col",
@@ -534,7 +535,7 @@ def test_amazon_end_to_end(tmp_path, fake_text):
     assert (data.n_users, data.n_items, len(data.train)) == (6, 6, 24)
 
 
-def test_amazon_validation_errors(tmp_path, capsys):
+def test_amazon_validation_errors(tmp_path, capsys, fake_text):
     ratings, meta, image_bin, asins, _ = amazon_raw(tmp_path)
     out = ["--out", tmp_path / "out", "--name", "toy", "--no-text"]
     truncated = write(tmp_path / "short.b", "B000000000" + "x" * 100)

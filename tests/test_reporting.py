@@ -223,6 +223,24 @@ def test_sweep_subdir_resolver_names_the_folder_by_config():
     assert str(full.hydra.sweep.subdir) == run_id(cfg)
 
 
+def test_ablation_variants_get_folders_of_their_own_names():
+    names = {variant: str(hydra_cfg(*TINY, "experiment=ablation",
+                                    f"+experiment/variant={variant}").hydra.sweep.subdir)
+             for variant in ("full", "no_kd")}
+    # (TINY's denoise=none wins over the experiment's default denoiser)
+    assert names["no_kd"].startswith("synthetic-lightgcn-none-no_kd-none-seed0-")
+    assert names["full"].startswith("synthetic-lightgcn-none-full-none-seed0-")
+
+
+def test_guider_summarize_command(noise_sweep, capsys):
+    from guider.reporting.summarize_cli import main
+
+    assert main([str(noise_sweep), "--reference", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "## Paired differences to denoise=none" in out and "wrote" in out
+    assert (noise_sweep / "summary.md").is_file()
+
+
 def test_prepare_sweep_job_skips_resumes_or_redoes(tiny_cfg, tmp_path):
     made = iter(range(100))
 

@@ -59,9 +59,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(text)).strip("_") or "x"
 
 
-def run_id(cfg: Any) -> str:
+def run_id(cfg: Any, variant: str | None = None) -> str:
     """Folder name of one run in a sweep: readable identity plus the config hash, e.g.
-    ``synthetic-lightgcn-guider-random0.2-seed1-3fa2c1d9e0b4``."""
+    ``synthetic-lightgcn-guider-random0.2-seed1-3fa2c1d9e0b4``; with an experiment ``variant``
+    (the ablation's ``+experiment/variant=no_kd``) after the denoiser:
+    ``synthetic-freedom-guider-no_kd-none-seed0-<hash>``."""
     plain = _plain(cfg)
 
     def get(path: str, default: Any = "") -> Any:
@@ -75,14 +77,16 @@ def run_id(cfg: Any) -> str:
     noise = str(get("noise.type", "none"))
     if noise != "none":
         noise += f"{get('noise.ratio', '')}"
-    parts = [get("dataset.name"), get("backbone.name"), get("denoise.name"), noise,
-             f"seed{get('seed')}", config_hash(plain)]
+    parts = [get("dataset.name"), get("backbone.name"), get("denoise.name"), variant or "",
+             noise, f"seed{get('seed')}", config_hash(plain)]
     return "-".join(_slug(p) for p in parts if p != "")
 
 
 def _run_id_resolver(*, _root_: DictConfig) -> str:
     try:
-        return run_id(_root_)
+        choices = OmegaConf.select(_root_, "hydra.runtime.choices", default=None)
+        variant = choices.get("experiment/variant") if choices is not None else None
+        return run_id(_root_, variant)
     except Exception:  # e.g. an interpolation that cannot resolve: the job itself fails and
         # records why; its folder must still exist, so fall back to Hydra's job number
         return f"unresolved-job{OmegaConf.select(_root_, 'hydra.job.num', default='x')}"
