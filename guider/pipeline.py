@@ -229,6 +229,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "denoise": job.denoiser.cfg.name,
         "seed": seed,
         "device": str(job.device),
+        "threads": torch.get_num_threads(),  # torch intra-op threads (threads=0: chosen at start)
         "noise": data.info.get("noise"),
         # modality -> width of features generated as pure noise (dataset.synthetic_features)
         "synthetic_features": data.info.get("synthetic_features", {}),

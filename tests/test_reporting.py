@@ -271,6 +271,36 @@ def test_prepare_sweep_job_skips_resumes_or_redoes(tiny_cfg, tmp_path):
     assert prepare_sweep_job(cfg, tmp_path / "empty") is None
 
 
+def test_auto_threads_leave_the_cores_other_processes_keep_busy():
+    basic = {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}
+    assert auto_threads(basic, 2, {}, busy=0.0) == 2
+    assert auto_threads(basic, 2, {}, busy=0.4) == 2  # a little background noise: ignored
+    assert auto_threads(basic, 2, {}, busy=1.0) == 1
+    assert auto_threads(basic, 2, {}, busy=3.0) == 1  # never fewer than one
+    assert auto_threads(basic, 16, {}, busy=5.2) == 11
+    assert auto_threads(basic, 2, {}, busy=None) == 2  # no /proc/stat: cores per job
+
+
+def test_busy_cores_sees_a_busy_process():
+    import subprocess
+    import sys
+
+    from guider.reporting.runs import busy_cores
+
+    idle = busy_cores(0.3)
+    if idle is None:
+        pytest.skip("no /proc/stat on this system")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+        time.sleep(0.3)
+        busy = busy_cores(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy >= 0.8  # the spinner's core (plus whatever else runs here)
+
+
 def test_auto_threads_divides_cores_between_parallel_jobs():
     joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
     env: dict[str, str] = {}
