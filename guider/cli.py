@@ -81,6 +81,9 @@ def entry() -> None:
     writing its summary), so scripts and schedulers can tell."""
     from .reporting import callback
 
+    if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in sys.argv[1:]) \
+            and "--resolve" not in sys.argv:
+        sys.argv.append("--resolve")  # print data_dir and every value as the run would see it
     callback.FAILED_RUNS.clear()
     main()
     if callback.FAILED_RUNS:

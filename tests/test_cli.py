@@ -87,3 +87,20 @@ def test_typo_in_key_fails_before_work(tmp_path):
     assert out.returncode != 0
     assert "epocs" in out.stderr
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_cfg_job_prints_resolved_values(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "GUIDER_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", "from guider.cli import entry; entry()",
+                          "--cfg", "job"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"data_dir: {tmp_path}" in out.stdout and "${oc.env" not in out.stdout
+
+
+def test_help_names_the_program_and_its_choices():
+    out = guider_train("--help")
+    assert out.returncode == 0
+    assert out.stdout.startswith("guider-train:") and "powered by Hydra" not in out.stdout
+    assert "denoise: bod, dcf, deca, guider, none, oracle, rce, tce" in out.stdout
+    assert "docs/guider.md" in out.stdout and "experiment=noise_sweep" in out.stdout
