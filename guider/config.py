@@ -119,6 +119,11 @@ class EvalConfig:
     # datasets, recorded in metrics.json (docs/scale.md)
     sample_users: int = 0
     sample_seed: int = 0
+    # which held-out pairs are left out as cold (user or item without training interactions):
+    # "train" = cold in the training split as trained on, injected noise included; "before_noise"
+    # = cold in the training split before noise injection, so every noise setting of a dataset is
+    # evaluated on the same pairs (docs/measuring.md)
+    exclude_cold: str = "train"
 
 
 @dataclass
@@ -162,7 +167,8 @@ SYNTHETIC_FEATURE_KEYS = ("synthetic_features", "feature_dims", "synthetic_featu
 # value they are left out of a run's identity too (``drop_neutral``).
 SCALE_NEUTRAL = {"dataset.synthetic.n_interactions": 0, "dataset.synthetic.candidates": 0,
                  "eval.sample_users": 0, "eval.sample_seed": 0, "train.max_minutes": 0.0,
-                 "backbone.feature_precision": "float32", "noise.per_user": False}
+                 "backbone.feature_precision": "float32", "noise.per_user": False,
+                 "eval.exclude_cold": "train"}
 
 
 def drop_neutral(data: dict, prefix: str = "") -> dict:
@@ -272,6 +278,8 @@ def check_common(cfg: DictConfig) -> tuple[RootConfig, DatasetConfig, NoiseConfi
         )
     if e.batch_users < 1:
         raise ValueError(f"eval.batch_users={e.batch_users}: must be positive")
+    if e.exclude_cold not in ("train", "before_noise"):
+        raise ValueError(f"eval.exclude_cold={e.exclude_cold!r}: choose train or before_noise")
     if e.sample_users < 0:
         raise ValueError(f"eval.sample_users={e.sample_users}: must be >= 0 (0 = every user)")
     return OmegaConf.to_object(root), dataset, noise

@@ -109,6 +109,8 @@ def run_fingerprint(root: RootConfig, dataset: DatasetConfig, noise, backbone_cf
     }
     if root.eval.sample_users:  # absent at 0, so older checkpoints still resume
         fingerprint["eval_sample"] = [root.eval.sample_users, root.eval.sample_seed]
+    if root.eval.exclude_cold != "train":  # likewise
+        fingerprint["exclude_cold"] = root.eval.exclude_cold
     return fingerprint
 
 
@@ -240,7 +242,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "valid_metric": root.eval.valid_metric,
         "valid": result.valid,
         "test": result.test,
-        "eval_excluded": result.eval_excluded,
+        "eval_excluded": {**result.eval_excluded, "rule": root.eval.exclude_cold},
         # eval.sample_users > 0: {users, seed, eligible_users, sampled_users, valid_users,
         # test_users}; the metrics are then an approximation over that fixed sample
         "eval_sample": result.eval_sample,

@@ -237,3 +237,35 @@ def test_teacher_is_measured_at_the_students_best_epoch(tiny_cfg, tmp_path):
     assert got == pytest.approx(teacher["at_best"]["test"])
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["auxiliary"]["teacher"]["at_best"]["test"] == teacher["at_best"]["test"]
+
+
+# --- which held-out pairs are evaluated --------------------------------------------------------
+
+
+def test_before_noise_excludes_items_warm_only_through_noise():
+    from guider.config import EvalConfig
+    from guider.training.loop import build_eval_sets
+
+    # item 3 has no real training interaction; its only training pair is injected noise
+    train = Split(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 2]))
+    test = Split(np.array([0, 1]), np.array([3, 0]))
+    valid = Split(np.array([1]), np.array([3]))
+    data = Interactions("toy", 3, 4, train, valid, test)
+    data.train = Split(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 2, 3]))  # user 2 -> item 3
+    data.train_noise = np.array([False] * 4 + [True])
+    data.info["noise"] = {"n_train_before": 4}
+    _, t_train, _ = build_eval_sets(data, EvalConfig(exclude_cold="train"))
+    v_clean, t_clean, _ = build_eval_sets(data, EvalConfig(exclude_cold="before_noise"))
+    assert t_train.users.tolist() == [0, 1] and t_train.excluded["pairs_cold_item"] == 0
+    assert t_clean.users.tolist() == [1] and t_clean.excluded["pairs_cold_item"] == 1
+    assert len(v_clean.users) == 0 and v_clean.excluded["pairs_cold_item"] == 1
+    # the ranking still masks every training pair, the injected one included
+    row, items = t_clean.mask.rows(torch.tensor([2]))
+    assert items.tolist() == [3]
+
+
+def test_exclude_cold_is_checked_and_recorded(tiny_cfg, tmp_path):
+    with pytest.raises(ValueError, match="exclude_cold"):
+        prepare(tiny_cfg("eval.exclude_cold=clean"))
+    metrics = run(tiny_cfg("eval.exclude_cold=before_noise", "train.epochs=1"), tmp_path)
+    assert metrics["eval_excluded"]["rule"] == "before_noise"

@@ -93,11 +93,15 @@ def sample_users(eval_sets: list[EvalSet], n: int, seed: int) -> np.ndarray:
 
 
 def build_eval_set(train_users: np.ndarray, train_items: np.ndarray, users: np.ndarray,
-                   items: np.ndarray, n_users: int, n_items: int) -> EvalSet:
+                   items: np.ndarray, n_users: int, n_items: int,
+                   known: tuple[np.ndarray, np.ndarray] | None = None) -> EvalSet:
     """Users with no training interaction, and held-out pairs on items with no training
-    interaction, are excluded (counted in ``excluded``)."""
-    udeg = np.bincount(train_users, minlength=n_users)
-    ideg = np.bincount(train_items, minlength=n_items)
+    interaction, are excluded (counted in ``excluded``). ``known``: the (users, items) whose
+    interactions decide what is cold, when not the training pairs themselves (e.g. the training
+    split before noise injection); the ranking always masks every training pair."""
+    known_users, known_items = known if known is not None else (train_users, train_items)
+    udeg = np.bincount(known_users, minlength=n_users)
+    ideg = np.bincount(known_items, minlength=n_items)
     keep = (udeg[users] > 0) & (ideg[items] > 0)
     excluded = {
         "pairs_cold_user": int((udeg[users] == 0).sum()),

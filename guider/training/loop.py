@@ -85,13 +85,18 @@ class FitResult:
 
 def build_eval_sets(data: Interactions,
                     evalc: EvalConfig) -> tuple[EvalSet, EvalSet, dict | None]:
-    """The valid and test evaluation sets; with ``eval.sample_users=N`` both restricted to the
+    """The valid and test evaluation sets (cold pairs decided per ``eval.exclude_cold``); with
+    ``eval.sample_users=N`` both restricted to the
     same fixed sample of N users (an approximation, recorded in metrics.json as
     ``eval_sample``)."""
+    known = None
+    if evalc.exclude_cold == "before_noise":  # injected pairs are appended after the real ones
+        n_real = (data.info.get("noise") or {}).get("n_train_before", len(data.train))
+        known = (data.train.users[:n_real], data.train.items[:n_real])
     valid = build_eval_set(data.train.users, data.train.items, data.valid.users,
-                           data.valid.items, data.n_users, data.n_items)
+                           data.valid.items, data.n_users, data.n_items, known)
     test = build_eval_set(data.train.users, data.train.items, data.test.users,
-                          data.test.items, data.n_users, data.n_items)
+                          data.test.items, data.n_users, data.n_items, known)
     if evalc.sample_users <= 0:
         return valid, test, None
     pool = len(sample_users([valid, test], 0, evalc.sample_seed))
