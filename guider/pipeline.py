@@ -227,6 +227,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
     metrics = {
         "status": "completed",
         "dataset": data.summary(),
+        "data_digest": data.digest(),  # the interactions before noise (guider-eval checks it)
         "backbone": job.model.cfg.name,
         "denoise": job.denoiser.cfg.name,
         "seed": seed,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field, replace
 
@@ -64,6 +65,19 @@ class Interactions:
         users = np.bincount(self.train.users, minlength=self.n_users)
         items = np.bincount(self.train.items, minlength=self.n_items)
         return users, items
+
+    def digest(self) -> str:
+        """SHA-256 of the dataset as loaded, before noise injection: the sizes and the (user,
+        item) pairs of train (without injected pairs), valid and test, in order. Recorded in
+        metrics.json so a trained model is never evaluated on other data by mistake."""
+        n_real = (self.info.get("noise") or {}).get("n_train_before", len(self.train))
+        h = hashlib.sha256(f"{self.n_users}x{self.n_items}".encode())
+        for split in (Split(self.train.users[:n_real], self.train.items[:n_real]),
+                      self.valid, self.test):
+            h.update(f":{len(split)}".encode())
+            h.update(split.users.tobytes())
+            h.update(split.items.tobytes())
+        return h.hexdigest()
 
     def with_train_subset(self, keep: np.ndarray) -> "Interactions":
         """A shallow copy whose training split holds only the interactions where ``keep`` is
