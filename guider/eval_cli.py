@@ -57,6 +57,8 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best",
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     OmegaConf.update(cfg, "train.resume", False, merge=False)
     trained = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    if int(cfg.get("threads", 0) or 0) > 0:
+        torch.set_num_threads(int(cfg.threads))
     job = prepare(cfg)
     digest = job.data.digest()
     recorded = trained.get("data_digest")
