@@ -458,3 +458,19 @@ def test_the_reference_is_the_denoisers_default_configuration():
     assert _at_default("guider", "denoise.amsc.rho_max", 0.1)
     assert not _at_default("guider", "denoise.amsc.rho_max", 0.2)
     assert not _at_default("oracle", "variant", "no_kd")
+
+
+def test_summary_of_metrics_evaluated_again(noise_sweep):
+    """--eval NAME: valid/test from eval-NAME.json; a completed run without it is incomplete."""
+    for run in noise_sweep.iterdir():
+        metrics = run / "metrics.json"
+        if run.is_dir() and metrics.is_file() and "none-0.0" in run.name:
+            test = json.loads(metrics.read_text())["test"]
+            again = {"valid": {"Recall@20": 0.5}, "test": {**test, "Recall@20": test["Recall@20"] + 0.1}}
+            (run / "eval-clean.json").write_text(json.dumps(again))
+    result = summarize(noise_sweep, evaluation="clean")
+    runs = result.runs.set_index("run")
+    assert runs.loc["none-0.0-1", "test.Recall@20"] == pytest.approx(0.42)
+    assert runs.loc["guider-0.0-1", "status"] == "incomplete"
+    assert "eval-clean.json" in runs.loc["guider-0.0-1", "error"]
+    assert "(valid/test metrics of eval-clean.json)" in result.markdown

@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the folder)")
     parser.add_argument("--reference", default="none",
                         help="denoiser that paired differences are taken against (default: none)")
+    parser.add_argument("--eval", dest="evaluation", default=None, metavar="NAME",
+                        help="take valid/test metrics from each run's eval-NAME.json (written by "
+                             "guider-eval --out <run>/eval-NAME.json) instead of its training")
     parser.add_argument("--quiet", action="store_true", help="do not print the tables")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
@@ -33,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .summary import summarize
 
-    result = summarize(args.folder, args.out, reference=args.reference)
+    result = summarize(args.folder, args.out, reference=args.reference,
+                       evaluation=args.evaluation)
     if not args.quiet:
         print(result.markdown)
     for path in result.files:

@@ -85,9 +85,11 @@ def _parse_override(text: str) -> tuple[str, str] | None:
     return key.lstrip("+"), value
 
 
-def read_run(run_dir: Path, root: Path) -> tuple[dict, dict[str, str]]:
+def read_run(run_dir: Path, root: Path, evaluation: str | None = None) -> tuple[dict, dict[str, str]]:
     """One run folder -> (row, {column: raw override value}) where the row holds the run's
-    status, error, identity, flattened config (``cfg.`` prefix) and flattened metrics."""
+    status, error, identity, flattened config (``cfg.`` prefix) and flattened metrics. With
+    ``evaluation``, the valid and test metrics come from the run's ``eval-<evaluation>.json``
+    (written by ``guider-eval --out``); a completed run without that file is ``incomplete``."""
     run_dir = Path(run_dir)
     rel = run_dir.relative_to(root).as_posix() if run_dir != root else "."
     row: dict[str, Any] = {"run": rel}
@@ -131,6 +133,14 @@ def read_run(run_dir: Path, root: Path) -> tuple[dict, dict[str, str]]:
             if parsed:
                 overrides[parsed[0]] = parsed[1]
 
+    if metrics is not None and row["status"] == "completed" and evaluation:
+        again = run_dir / f"eval-{evaluation}.json"
+        try:
+            redo = json.loads(again.read_text())
+            metrics = {**metrics, "valid": redo["valid"], "test": redo["test"]}
+        except (OSError, ValueError, KeyError):
+            row.update(status="incomplete", error=f"no readable {again.name} (guider-eval "
+                                                  f"{run_dir.name} ... --out {again.name})")
     if metrics is not None and row["status"] == "completed":
         for section in ("valid", "test", "detection", "seconds"):
             for key, value in _flatten({section: metrics.get(section) or {}}).items():
@@ -152,7 +162,7 @@ def _column_for(key: str, flat_cfg_keys: set[str]) -> tuple[str, str | None]:
     return key, None  # a group choice, or a key absent from the saved config
 
 
-def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
+def collect_runs(root: str | Path, evaluation: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     """All runs under ``root``: (one row per run, the setting columns that vary across runs).
 
     The varying columns are the identity columns (dataset, backbone, denoise, noise,
@@ -161,7 +171,7 @@ def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     root = Path(root)
     rows, all_overrides = [], []
     for run_dir in find_run_dirs(root):
-        row, overrides = read_run(run_dir, root)
+        row, overrides = read_run(run_dir, root, evaluation)
         rows.append(row)
         all_overrides.append(overrides)
     if not rows:
@@ -690,7 +700,7 @@ class Summary:
 
 def summarize(folder: str | Path, out_dir: str | Path | None = None,
               metrics: Iterable[tuple[str, str, bool]] = DEFAULT_METRICS,
-              reference: str = "none") -> Summary:
+              reference: str = "none", evaluation: str | None = None) -> Summary:
     """Collect every run under ``folder`` and write ``runs.csv`` (one row per run),
     ``summary.csv`` and ``summary.md`` (aggregated over seeds, with the paired differences to
     ``denoise=<reference>`` and the detection table) and ``figures/*.png`` into ``out_dir``
@@ -702,12 +712,14 @@ def summarize(folder: str | Path, out_dir: str | Path | None = None,
         raise FileNotFoundError(f"no such folder: {folder}")
     out = Path(out_dir) if out_dir is not None else folder
     metrics = list(metrics)
-    runs, varying = collect_runs(folder)
+    runs, varying = collect_runs(folder, evaluation)
     summary = aggregate(runs, varying, [*metrics, *[(c, label, True) for c, label in
                                                     DETECTION_METRICS if c not in
                                                     {m[0] for m in metrics}]]) \
         if len(runs) else pd.DataFrame()
-    md = (summary_markdown(summary, runs, varying, metrics, title=f"Sweep summary: {folder}")
+    title = f"Sweep summary: {folder}" + (f" (valid/test metrics of eval-{evaluation}.json)"
+                                          if evaluation else "")
+    md = (summary_markdown(summary, runs, varying, metrics, title=title)
           if len(runs) else f"# Sweep summary: {folder}\n\nNo run folders found.\n")
     paired = paired_differences(runs, varying, reference) if len(runs) else None
     if paired is not None and len(paired.table):
