@@ -269,3 +269,31 @@ def test_exclude_cold_is_checked_and_recorded(tiny_cfg, tmp_path):
         prepare(tiny_cfg("eval.exclude_cold=clean"))
     metrics = run(tiny_cfg("eval.exclude_cold=before_noise", "train.epochs=1"), tmp_path)
     assert metrics["eval_excluded"]["rule"] == "before_noise"
+
+
+GRAPH_BACKBONES = ["lightgcn", "freedom", "bm3", "lattice", "mgcn", "smore", "lgmrec"]
+
+
+@pytest.mark.parametrize("backbone", GRAPH_BACKBONES)
+def test_oracle_graph_reaches_every_user_item_structure_of_every_backbone(tiny_cfg, backbone):
+    """Every buffer of the backbone that holds user-item pairs (the bipartite adjacency, the
+    user x item matrices MGCN, SMORE and LGMRec aggregate with) holds exactly the clean pairs."""
+    job = prepare(tiny_cfg(f"backbone={backbone}", "denoise=oracle", "denoise.graph=true"))
+    data, n_u, n_i = job.data, job.data.n_users, job.data.n_items
+    clean = {(u, i) for u, i, bad in zip(data.train.users.tolist(), data.train.items.tolist(),
+                                         data.train_noise) if not bad}
+    checked = []
+    for name, buf in job.model.named_buffers():
+        if buf.layout == torch.strided or buf.dim() != 2:
+            continue
+        dense = buf.to_dense()
+        if tuple(dense.shape) == (n_u + n_i, n_u + n_i):
+            pairs = dense_pairs(buf, n_u)
+        elif tuple(dense.shape) == (n_u, n_i):
+            rows, cols = torch.nonzero(dense, as_tuple=True)
+            pairs = set(zip(rows.tolist(), cols.tolist()))
+        else:
+            continue
+        assert pairs == clean, name
+        checked.append(name)
+    assert "adj" in checked
