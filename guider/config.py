@@ -124,6 +124,9 @@ class EvalConfig:
     # = cold in the training split before noise injection, so every noise setting of a dataset is
     # evaluated on the same pairs (docs/measuring.md)
     exclude_cold: str = "train"
+    # N > 0: write every test user's top-N list at the best state (recommendations.parquet, or
+    # .csv without pyarrow), with the dataset's original ids when it has id mapping files
+    save_topk: int = 0
 
 
 @dataclass
@@ -280,6 +283,8 @@ def check_common(cfg: DictConfig) -> tuple[RootConfig, DatasetConfig, NoiseConfi
         raise ValueError(f"eval.batch_users={e.batch_users}: must be positive")
     if e.exclude_cold not in ("train", "before_noise"):
         raise ValueError(f"eval.exclude_cold={e.exclude_cold!r}: choose train or before_noise")
+    if e.save_topk < 0:
+        raise ValueError(f"eval.save_topk={e.save_topk}: must be >= 0 (0 = write none)")
     if e.sample_users < 0:
         raise ValueError(f"eval.sample_users={e.sample_users}: must be >= 0 (0 = every user)")
     return OmegaConf.to_object(root), dataset, noise

@@ -79,8 +79,15 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best",
     scorer = job.model.scorer()
     valid = evaluate(scorer, valid_set, evalc.topk, evalc.batch_users, job.device)
     test = evaluate(scorer, test_set, evalc.topk, evalc.batch_users, job.device)
+    recommendations = None
+    if evalc.save_topk:
+        from .pipeline import save_recommendations
+
+        stem = f"recommendations-{time.strftime('%Y%m%d-%H%M%S')}"
+        recommendations = str(save_recommendations(job, run_dir / stem))
     return {
         "status": "completed", "run_dir": str(run_dir.resolve()), "checkpoint": checkpoint,
+        "recommendations": recommendations,
         "epoch": state.get("epoch"), "overrides": list(overrides),
         "dataset": job.data.summary(), "data_digest": digest,
         "backbone": job.model.cfg.name, "denoise": job.denoiser.cfg.name,

@@ -95,6 +95,7 @@ class Job:
     denoiser: Denoiser
     device: torch.device
     fingerprint: dict
+    dataset_cfg: DatasetConfig | None = None
 
 
 def run_fingerprint(root: RootConfig, dataset: DatasetConfig, noise, backbone_cfg,
@@ -136,7 +137,7 @@ def prepare(cfg: DictConfig) -> Job:
         model = build_backbone(backbone_cfg, graph_data, device)
         denoiser = build_denoiser(denoise_cfg, data, model, device, seed)
     fingerprint = run_fingerprint(root, dataset, noise, backbone_cfg, denoise_cfg)
-    return Job(root, data, model, denoiser, device, fingerprint)
+    return Job(root, data, model, denoiser, device, fingerprint, dataset)
 
 
 def graph_cache(root: RootConfig, dataset: DatasetConfig, data: Interactions) -> GraphCache | None:
@@ -215,6 +216,42 @@ def auxiliary_metrics(job: Job, best_state: dict | None = None) -> dict:
     return out
 
 
+def save_recommendations(job: Job, path_stem: Path) -> Path:
+    """Every test user's top-``eval.save_topk`` list of the model in its current state (as the
+    evaluator ranks: training items masked) as ``<stem>.parquet``, or ``<stem>.csv`` when pyarrow
+    is absent. Columns: user, rank (1 = best), item, score; user_id and item_id too, the
+    dataset's original ids, when its folder has u_id_mapping.csv / i_id_mapping.csv."""
+    import pandas as pd
+
+    from .data.loader import load_id_mapping
+    from .evaluation import recommend
+
+    evalc, data = job.root.eval, job.data
+    _, test, _ = build_eval_sets(data, evalc)
+    job.model.eval()
+    recs = recommend(job.model.scorer(), test, evalc.save_topk, evalc.batch_users, job.device)
+    frame = pd.DataFrame(recs)
+    dataset = job.dataset_cfg
+    if dataset is not None and dataset.kind == "mmrec":
+        folder = dataset_folder(dataset, job.root.data_dir)
+        for col, name, n in (("user", "u_id_mapping.csv", data.n_users),
+                             ("item", "i_id_mapping.csv", data.n_items)):
+            mapping = load_id_mapping(folder / name, n)
+            if mapping is not None:
+                frame[f"{col}_id"] = mapping[frame[col].to_numpy()]
+    try:
+        import pyarrow  # noqa: F401
+
+        path = path_stem.with_suffix(".parquet")
+        frame.to_parquet(path, index=False)
+    except ImportError:
+        path = path_stem.with_suffix(".csv")
+        log.info("pyarrow is not installed: recommendations written as CSV")
+        io.write_text(path, frame.to_csv(index=False))
+    log.info("top-%d recommendations of %d users: %s", evalc.save_topk, len(test.users), path)
+    return path
+
+
 def _run(cfg: DictConfig, run_dir: Path) -> dict:
     t_start = time.perf_counter()
     validate(cfg)  # fail on a bad config before writing anything
@@ -258,6 +295,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
                     "sessions": result.sessions},
         "versions": versions(),
     }
+    if root.eval.save_topk:
+        metrics["recommendations"] = save_recommendations(job, run_dir / "recommendations").name
     io.write_json(run_dir / "metrics.json", metrics)
     write_history(run_dir, result.history)
     log.info("test: %s", {k: round(v, 5) for k, v in result.test.items()})

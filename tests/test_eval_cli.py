@@ -63,3 +63,50 @@ def test_refuses_changed_data_unless_asked(short_cfg, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "differ from those the run" in err and "--allow-other-data" in err
     assert main([str(tmp_path / "run"), "--allow-other-data"]) == 0
+
+
+def test_recommendations_are_the_evaluators_ranking_with_original_ids(short_cfg, tmp_path):
+    import pandas as pd
+    import torch
+
+    from guider.evaluation import recommend
+    from guider.evaluation.ranking import build_eval_set
+
+    # hand-made: 2 users x 4 items; user 0 trained on items 0, 1; user 1 on items 3, 2
+    scores = torch.tensor([[9.0, 1.0, 3.0, 2.0], [5.0, 6.0, 7.0, 8.0]])
+    es = build_eval_set(np.array([0, 0, 1, 1]), np.array([0, 1, 3, 2]), np.array([0, 1]),
+                        np.array([2, 1]), 2, 4)
+    recs = recommend(lambda u: scores[u], es, 2)
+    assert recs["user"].tolist() == [0, 0, 1, 1] and recs["rank"].tolist() == [1, 2, 1, 2]
+    assert recs["item"].tolist() == [2, 3, 1, 0]  # trained items are never recommended
+    assert recs["score"].tolist() == [3.0, 2.0, 6.0, 5.0]
+
+    # a run with eval.save_topk and id mapping files in the dataset folder
+    folder = tmp_path / "data" / "tiktok"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = ["userID\titemID\tx_label"]
+    for u in range(20):
+        items = np.concatenate([[u, u + 10], rng.choice(30, 8, replace=False)])
+        items = list(dict.fromkeys(items.tolist()))[:6]  # every item occurs: ids contiguous
+        rows += [f"{u}\t{i}\t{label}" for i, label in zip(items, [0, 0, 0, 0, 1, 2])]
+    (folder / "tiktok.inter").write_text("\n".join(rows) + "\n")
+    (folder / "u_id_mapping.csv").write_text(
+        "user_id\tuserID\n" + "".join(f"U{u}\t{u}\n" for u in range(20)))
+    (folder / "i_id_mapping.csv").write_text(
+        "asin\titemID\n" + "".join(f"A{i:03d}\t{i}\n" for i in range(30)))
+    cfg = short_cfg("dataset=tiktok", f"data_dir={tmp_path / 'data'}", "train.epochs=2",
+                    "eval.save_topk=5")
+    metrics = run(cfg, tmp_path / "run")
+    path = tmp_path / "run" / metrics["recommendations"]
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    assert len(frame) == 20 * 5 and set(frame["rank"]) == {1, 2, 3, 4, 5}
+    assert (frame["user_id"] == "U" + frame["user"].astype(str)).all()
+    assert (frame["item_id"] == frame["item"].map(lambda i: f"A{i:03d}")).all()
+    train = {tuple(map(int, r.split("\t")[:2])) for r in rows[1:] if r.endswith("\t0")}
+    assert not any((u, i) in train for u, i in zip(frame["user"], frame["item"]))
+    # guider-eval writes the same lists from best.pt
+    assert main([str(tmp_path / "run"), "eval.save_topk=5"]) == 0
+    again = last_eval(tmp_path / "run")["recommendations"]
+    other = pd.read_parquet(again) if again.endswith(".parquet") else pd.read_csv(again)
+    pd.testing.assert_frame_equal(frame, other)

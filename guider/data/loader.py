@@ -213,6 +213,29 @@ def load_mmrec(
     return data
 
 
+def load_id_mapping(path: Path, n: int) -> np.ndarray | None:
+    """Original ids by internal id from a mapping file of the MMRec layout (``u_id_mapping.csv``
+    / ``i_id_mapping.csv``: tab-separated, header, original id then internal id); None when the
+    file is absent or does not cover ids 0..n-1 (then the internal ids are reported)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        internal = frame.iloc[:, 1].astype(np.int64).to_numpy()
+    except (ValueError, IndexError, pd.errors.ParserError) as exc:
+        log.warning("%s: not a readable id mapping (%s); internal ids are reported", path, exc)
+        return None
+    out = np.empty(n, dtype=object)
+    covered = np.zeros(n, dtype=bool)
+    ok = (internal >= 0) & (internal < n)
+    out[internal[ok]] = frame.iloc[:, 0].to_numpy()[ok]
+    covered[internal[ok]] = True
+    if not covered.all():
+        log.warning("%s maps %d of %d ids; internal ids are reported", path, int(covered.sum()), n)
+        return None
+    return out
+
+
 def report_cold(data: Interactions) -> dict:
     """Count users/items with no training interaction; warn once. They are kept in the index;
     evaluation skips such users, and held-out interactions on such items (no ID model can rank an

@@ -140,15 +140,12 @@ def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor,
     return out
 
 
-@torch.no_grad()
-def evaluate(scorer: Scorer, eval_set: EvalSet, topk: list[int], batch_users: int = 4096,
-             device: torch.device | str = "cpu") -> dict[str, float]:
-    """Average Recall/NDCG/Precision/MAP@k over ``eval_set.users``."""
-    topk = sorted(set(int(k) for k in topk))
-    maxk = min(max(topk), eval_set.n_items)
-    totals: dict[str, torch.Tensor] = {}
-    n_users = len(eval_set.users)
-    n_items = eval_set.n_items
+def ranked_blocks(scorer: Scorer, eval_set: EvalSet, k: int, batch_users: int,
+                  device: torch.device | str):
+    """Per block of ``eval_set.users``: (users, the top-``k`` items of each with the user's
+    training items masked, their scores), best first; every block on the CPU."""
+    n_users, n_items = len(eval_set.users), eval_set.n_items
+    k = min(k, n_items)
     rows_per_block = min(batch_users, n_users)
     check_size(f"the evaluation score block ({rows_per_block:,} users x {n_items:,} items)",
                rows_per_block * n_items * BYTES_PER_SCORE, "eval.batch_users", device)
@@ -157,8 +154,37 @@ def evaluate(scorer: Scorer, eval_set: EvalSet, topk: list[int], batch_users: in
         scores = scorer(users.to(device)).float()
         row, col = eval_set.mask.rows(users)
         scores[row.to(device), col.to(device)] = -torch.inf
-        top = scores.topk(maxk, dim=1).indices.cpu()
+        top = scores.topk(k, dim=1)
         del scores
+        yield users, top.indices.cpu(), top.values.cpu()
+
+
+@torch.no_grad()
+def recommend(scorer: Scorer, eval_set: EvalSet, k: int, batch_users: int = 4096,
+              device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """The top-``k`` list of every user of ``eval_set`` as the evaluator ranks it (training items
+    masked): parallel arrays ``user``, ``rank`` (1 = best), ``item``, ``score``."""
+    parts: dict[str, list[np.ndarray]] = {"user": [], "rank": [], "item": [], "score": []}
+    for users, top, values in ranked_blocks(scorer, eval_set, k, batch_users, device):
+        width = top.shape[1]
+        parts["user"].append(np.repeat(users.numpy(), width))
+        parts["rank"].append(np.tile(np.arange(1, width + 1), len(users)))
+        parts["item"].append(top.reshape(-1).numpy())
+        parts["score"].append(values.reshape(-1).numpy())
+    empty = {"user": np.int64, "rank": np.int64, "item": np.int64, "score": np.float32}
+    return {key: np.concatenate(v) if v else np.empty(0, dtype=empty[key])
+            for key, v in parts.items()}
+
+
+@torch.no_grad()
+def evaluate(scorer: Scorer, eval_set: EvalSet, topk: list[int], batch_users: int = 4096,
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """Average Recall/NDCG/Precision/MAP@k over ``eval_set.users``."""
+    topk = sorted(set(int(k) for k in topk))
+    totals: dict[str, torch.Tensor] = {}
+    n_users = len(eval_set.users)
+    n_items = eval_set.n_items
+    for users, top, _ in ranked_blocks(scorer, eval_set, max(topk), batch_users, device):
         # hits by binary search in the block's sorted (row, item) keys of relevant pairs
         row, col = eval_set.relevant.rows(users)
         rel = row * n_items + col  # sorted: rows ascend, items ascend within a row

@@ -22,7 +22,7 @@ log = logging.getLogger("guider")
 # resumed with train.resume=true, rerun without progress bars or with another graph cache keeps
 # its identity.
 HASH_EXCLUDE = ("hydra", "train.resume", "train.progress", "train.skip_completed", "threads",
-                "graph_cache")
+                "graph_cache", "eval.save_topk")
 
 
 def _plain(cfg: Any) -> dict:
