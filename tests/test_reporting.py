@@ -382,7 +382,7 @@ def test_paired_differences_hand_worked(noise_sweep):
     assert unpaired["why"].iloc[0] == "run not completed"
     md = result.markdown
     assert "## Paired differences to denoise=none" in md
-    assert "| guider | 0.2 | 2 | +0.0700 ± 0.0200 |" in md
+    assert "| 0.2 | guider | 2 | +0.0700 ± 0.0200 |" in md
     assert "Unpaired runs (1)" in md and "guider-0.2-2" in md
     on_disk = pd.read_csv(noise_sweep / "summary.csv")
     row = on_disk[(on_disk["denoise"] == "guider") & (on_disk["noise.ratio"] == 0.0)].iloc[0]
@@ -444,7 +444,7 @@ def test_detection_table_carries_the_trivial_scores(tmp_path):
         (run / "metrics.json").write_text(json.dumps(metrics))
     md = summarize(root).markdown
     assert "## Noise detection" in md
-    assert "degree-only AUC" in md and "AUC, 1 items" in md and "AUC, 2 items" not in md
+    assert "degree-only AUC" in md and "AUC, n_u 1" in md and "AUC, n_u 2" not in md
     assert "| 2/2 | 0.7000 ± 0.0000 | 0.6500 ± 0.0707 | 0.8100 ± 0.0000 |" in md
 
 

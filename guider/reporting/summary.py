@@ -446,7 +446,7 @@ def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str
     metric_cols = [(c, label) for c, label in metrics if c in runs]
     rows, unpaired = [], []
     frame = others.copy()
-    config_cols = [*den, *base]
+    config_cols = [*base, *den]
     frame["__config"] = [tuple("" if _missing(r[c]) else repr(r[c]) for c in config_cols)
                          for _, r in frame.iterrows()]
     for _, group in frame.groupby("__config", sort=False):
@@ -529,7 +529,7 @@ def detection_markdown(summary: pd.DataFrame, runs: pd.DataFrame, group_keys: li
             name = name if isinstance(name, tuple) else (name,)
             band_means[name] = {c: pd.to_numeric(group[c], errors="coerce").mean() for c in band_cols}
     headers = [*keys, "n", *[label for _, label in cols],
-               *[f"AUC, {c.split('.')[2]} items" for c in band_cols]]
+               *[f"AUC, n_u {c.split('.')[2]}" for c in band_cols]]
     rows = []
     for _, row in summary.iterrows():
         values = [row[f"{c} mean"] for c, _ in cols]
@@ -548,7 +548,8 @@ def detection_markdown(summary: pd.DataFrame, runs: pd.DataFrame, group_keys: li
         "the same training-degree band; *degree-only* / *popularity-only*: the AUC of the trivial "
         "scores \"the user has few training items\" / \"the item has few training "
         "interactions\". A denoiser shows detection beyond the trivial scores only where its AUC "
-        "beats them. The last columns: the AUC within each user-degree band (mean over seeds).",
+        "beats them. The last columns: the AUC within each band of user training degree n_u (mean over "
+        "seeds).",
         "", markdown_table(headers, rows)]) + "\n"
 
 
