@@ -562,7 +562,7 @@ def _slug(text: str) -> str:
 
 
 def _label(row: pd.Series, keys: list[str], default: str = "all runs") -> str:
-    return " / ".join(_fmt_value(row[k]) for k in keys) or default
+    return " / ".join(v for v in (_fmt_value(row[k]) for k in keys) if v) or default
 
 
 def fixed_settings(runs: pd.DataFrame, group_keys: list[str]) -> list[str]:
