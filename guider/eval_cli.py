@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or args.run_dir / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json"
     io.write_json(out, result)
-    print(summary_line({**result, "seconds": result["seconds"]}) + "  [evaluated again]")
+    print(summary_line(result) + "  [evaluated again]")
     print(f"wrote {out}")
     return 0
 

@@ -422,7 +422,7 @@ def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str
     if not len(runs) or "denoise" not in runs:
         return None
     keys = [k for k in group_keys if k != "seed"]
-    den = [k for k in denoiser_columns(keys)] or ["denoise"]
+    den = denoiser_columns(keys)
     if "denoise" not in den:
         den = ["denoise", *den]
     base = [k for k in keys if k not in den]
