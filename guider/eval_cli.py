@@ -72,6 +72,8 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best",
             f"refused; point data_dir at the training data, or pass --allow-other-data")
     state = torch.load(ckpt_path, map_location=job.device, weights_only=False)
     job.model.load_state_dict(state["model"])
+    if state.get("edge_weights") is not None:  # a denoiser's weights on the user-item graph
+        job.model.set_edge_weights(state["edge_weights"])
     job.model.eval()
     evalc = job.root.eval
     valid_set, test_set, sample = build_eval_sets(job.data, evalc)

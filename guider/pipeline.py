@@ -171,10 +171,11 @@ def check_model_size(data: Interactions, backbone_cfg, denoise_cfg, device: torc
     check_size(f"the embedding tables ({nodes:,} users and items x {dim} dims, with gradients, "
                f"optimiser state and propagated layers)", nodes * dim * 4 * TABLE_COPIES,
                "backbone.embedding_dim (or a dataset with fewer users and items)", device)
-    teacher_dim = getattr(denoise_cfg, "teacher_dim", 0)
+    teacher = getattr(denoise_cfg, "teacher", None)
+    teacher_dim = getattr(teacher, "embedding_dim", 0)
     if teacher_dim:
         check_size(f"the denoiser's teacher tables ({nodes:,} x {teacher_dim} dims)",
-                   nodes * teacher_dim * 4 * TABLE_COPIES, "denoise.teacher_dim", device)
+                   nodes * teacher_dim * 4 * TABLE_COPIES, "denoise.teacher.embedding_dim", device)
 
 
 def detection(job: Job) -> dict | None:

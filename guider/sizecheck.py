@@ -20,7 +20,7 @@ synthetic generator arrays                   dataset.synthetic.n_interactions / 
 dense score block of the evaluator           eval.batch_users
 kNN similarity block (FREEDOM, MGCN, AMSC)   backbone.knn_block_size / denoise.amsc.knn_block
 user-item adjacency                          fewer interactions (the dataset)
-embedding tables and their optimiser state   backbone.embedding_dim / denoise.teacher_dim
+embedding tables and their optimiser state   backbone.embedding_dim / denoise.teacher.embedding_dim
 GUIDER's distillation candidates             denoise.kd.items / denoise.kd.users
 ===========================================  ==============================================
 """

@@ -335,7 +335,7 @@ def test_ablation_kd_types(tiny_cfg):
 
 
 def test_ablation_teacher_choice(tiny_cfg):
-    _, g = switches(tiny_cfg, "denoise.teacher=mf")
+    _, g = switches(tiny_cfg, "denoise/teacher=mf")
     assert isinstance(g.teacher, MF)
     _, g = switches(tiny_cfg)
     assert type(g.teacher).__name__ == "LightGCN" and g.teacher.cfg.n_layers == 2

@@ -348,7 +348,7 @@ def test_pinned_experiments_define_the_grids():
     ("no_amsc_dbpr", "denoise.dbpr.enabled", False),
     ("no_kd", "denoise.kd.type", "none"),
     ("kd_kl", "denoise.kd.type", "kl"),
-    ("mf_teacher", "denoise.teacher", "mf"),
+    ("mf_teacher", "denoise.teacher.name", "mf"),
 ])
 def test_ablation_variants_flip_one_switch(variant, key, value):
     base = [o for o in TINY if not o.startswith("denoise=")] + ["experiment=ablation"]
@@ -474,3 +474,13 @@ def test_summary_of_metrics_evaluated_again(noise_sweep):
     assert runs.loc["guider-0.0-1", "status"] == "incomplete"
     assert "eval-clean.json" in runs.loc["guider-0.0-1", "error"]
     assert "(valid/test metrics of eval-clean.json)" in result.markdown
+
+
+def test_teacher_choice_is_a_denoiser_column_and_its_default_is_the_plain_reference():
+    from guider.reporting.summary import _at_default, _column_for, denoiser_columns
+
+    assert _column_for("denoise/teacher", set()) == ("denoise.teacher", None)
+    assert denoiser_columns(["backbone", "denoise", "denoise.teacher"]) == ["denoise",
+                                                                            "denoise.teacher"]
+    assert _at_default("guider", "denoise.teacher", "lightgcn")
+    assert not _at_default("guider", "denoise.teacher", "freedom")

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from ..registry import Registry
+from .graphs import bipartite_adjacency
 
 
 # dtypes of the frozen item features and of the matrix products that project them
@@ -151,6 +152,36 @@ class Backbone(nn.Module):
 
     def pre_epoch(self, epoch: int) -> None:
         """Hook before each epoch (e.g. FREEDOM's edge pruning)."""
+
+    def edge_buffers(self, weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Every structure the model builds from the training interactions, by buffer name, with
+        the per-interaction ``weights`` (aligned with ``data.train``; None: all ones). Graph
+        models build their buffers through it in ``__init__`` (``register_edge_buffers``);
+        models without a user-item graph (MF, VBPR) have none. The default: the symmetric-
+        normalised bipartite adjacency ``adj`` of LightGCN-style propagation."""
+        return {"adj": bipartite_adjacency(self.edge_users, self.edge_items, self.n_users,
+                                           self.n_items, weights=weights)}
+
+    def register_edge_buffers(self, data: Interactions) -> None:
+        """Keep the training interactions and register ``edge_buffers(None)`` (not persistent:
+        rebuilt from the data, and from the denoiser's weights on resume)."""
+        self.edge_users = torch.as_tensor(data.train.users, dtype=torch.long)
+        self.edge_items = torch.as_tensor(data.train.items, dtype=torch.long)
+        self.edge_weights: torch.Tensor | None = None
+        for name, tensor in self.edge_buffers(None).items():
+            self.register_buffer(name, tensor, persistent=False)
+
+    def set_edge_weights(self, weights: torch.Tensor | None) -> bool:
+        """Weight the user-item graph per training interaction (a denoiser's flags reaching the
+        propagation, not only the loss): the buffers of ``edge_buffers`` are rebuilt with them,
+        on the model's device. Returns False when the model has no such graph."""
+        if not hasattr(self, "edge_users"):
+            return False
+        device = next(self.parameters()).device
+        self.edge_weights = None if weights is None else weights.detach().float().cpu()
+        for name, tensor in self.edge_buffers(self.edge_weights).items():
+            setattr(self, name, tensor.to(device))
+        return True
 
     def losses(self, batch: Batch) -> Losses:
         raise NotImplementedError

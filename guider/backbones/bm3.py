@@ -57,7 +57,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from .graphs import bipartite_adjacency, lightgcn_propagate
+from .graphs import lightgcn_propagate
 
 
 @dataclass
@@ -103,8 +103,7 @@ class BM3(Backbone):
             proj = nn.Linear(feats.shape[1], d)
             nn.init.xavier_normal_(proj.weight)
             self.proj.append(proj)
-        self.register_buffer("adj", bipartite_adjacency(data.train.users, data.train.items,
-                                                        n_users, n_items), persistent=False)
+        self.register_edge_buffers(data)  # adj
         self.generator = torch.Generator().manual_seed(torch.initial_seed())
         self.register_buffer("dropout_rng_state", self.generator.get_state())
         self._step_encoding: tuple[torch.Tensor, torch.Tensor] | None = None

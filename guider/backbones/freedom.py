@@ -126,10 +126,7 @@ class Freedom(Backbone):
         self.register_buffer("mm_adj", mm_adj, persistent=False)
         self.register_buffer("mm_adj_t", transpose_csr(mm_adj), persistent=False)
 
-        self.edge_users = torch.as_tensor(data.train.users, dtype=torch.long)
-        self.edge_items = torch.as_tensor(data.train.items, dtype=torch.long)
-        self.register_buffer("adj", bipartite_adjacency(self.edge_users, self.edge_items,
-                                                        n_users, n_items), persistent=False)
+        self.register_edge_buffers(data)  # adj: the full training graph, for evaluation
         self.generator = torch.Generator().manual_seed(torch.initial_seed())
         self.register_buffer("prune_rng_state", self.generator.get_state())
         self.pruned_adj: torch.Tensor | None = None
@@ -146,11 +143,13 @@ class Freedom(Backbone):
             self.pruned_adj = self.adj
             return self.pruned_adj
         self.generator.set_state(self.prune_rng_state.cpu())
+        w = self.edge_weights  # a denoiser's (set_edge_weights): kept with probability ~ w
         kept = degree_sensitive_prune(self.edge_users, self.edge_items, self.n_users,
-                                      self.n_items, 1.0 - self.cfg.dropout, self.generator)
+                                      self.n_items, 1.0 - self.cfg.dropout, self.generator, w)
         self.prune_rng_state.copy_(self.generator.get_state())
         self.pruned_adj = bipartite_adjacency(self.edge_users[kept], self.edge_items[kept],
-                                              self.n_users, self.n_items, device=device)
+                                              self.n_users, self.n_items,
+                                              None if w is None else w[kept], device=device)
         return self.pruned_adj
 
     def ui_graph(self) -> torch.Tensor:

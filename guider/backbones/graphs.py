@@ -158,19 +158,36 @@ def user_item_matrix(users: torch.Tensor, items: torch.Tensor, n_users: int, n_i
     return r.to_sparse_csr()
 
 
+def weighted_degrees(index: torch.Tensor, n: int,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Degree of each of ``n`` nodes in an edge list: the count of its edges, or the sum of their
+    ``weights``."""
+    if weights is None:
+        return torch.bincount(index, minlength=n).float()
+    return torch.zeros(n).index_add_(0, index, weights.float())
+
+
 def user_item_graphs(users: torch.Tensor, items: torch.Tensor, n_users: int,
-                     n_items: int) -> dict[str, torch.Tensor]:
+                     n_items: int, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The training graph for models that propagate on it and aggregate item rows into users,
     by buffer name: ``adj``, the symmetric-normalised bipartite adjacency
     (``bipartite_adjacency``); ``r_norm``, the user x item matrix with values 1/sqrt(d_u d_i)
     (degrees counted in the edge list), so that r_norm @ X gives e_u = sum_i X_i / sqrt(d_u d_i);
-    ``r_norm_t``, its transpose in CSR (``transpose_csr``, for ``spmm``)."""
+    ``r_norm_t``, its transpose in CSR (``transpose_csr``, for ``spmm``). With edge ``weights``
+    (a denoiser's, ``Backbone.set_edge_weights``) the values are w_ui / sqrt(d_u d_i) with
+    weighted degrees; an edge of weight 0 is as good as absent."""
     users = torch.as_tensor(users, dtype=torch.long)
     items = torch.as_tensor(items, dtype=torch.long)
-    adj = bipartite_adjacency(users, items, n_users, n_items)
-    du = torch.bincount(users, minlength=n_users).float()
-    di = torch.bincount(items, minlength=n_items).float()
-    r = user_item_matrix(users, items, n_users, n_items, values=(du[users] * di[items]).rsqrt())
+    adj = bipartite_adjacency(users, items, n_users, n_items, weights=weights)
+    du = weighted_degrees(users, n_users, weights)
+    di = weighted_degrees(items, n_items, weights)
+    if weights is None:
+        values = (du[users] * di[items]).rsqrt()
+    else:
+        deg = du[users] * di[items]
+        values = torch.where(deg > 0, weights.float() * deg.clamp(min=1e-30).rsqrt(),
+                             torch.zeros_like(deg))
+    r = user_item_matrix(users, items, n_users, n_items, values=values)
     return {"adj": adj, "r_norm": r, "r_norm_t": transpose_csr(r)}
 
 
@@ -287,8 +304,8 @@ def spmm(adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tenso
 
 
 def degree_sensitive_prune(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
-                           keep_ratio: float,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+                           keep_ratio: float, generator: torch.Generator | None = None,
+                           weights: torch.Tensor | None = None) -> torch.Tensor:
     """FREEDOM's degree-sensitive edge pruning: indices of round(keep_ratio * |E|) user-item
     edges drawn without replacement with probability proportional to 1 / (sqrt(d_u) sqrt(d_i))
     (degrees in the given edge list), so edges between high-degree nodes are dropped more often.
@@ -305,9 +322,16 @@ def degree_sensitive_prune(users: torch.Tensor, items: torch.Tensor, n_users: in
     n_keep = min(n_edges, int(round(keep_ratio * n_edges)))
     if n_keep == n_edges:
         return torch.arange(n_edges, device=users.device)
-    du = torch.bincount(users, minlength=n_users).float()
-    di = torch.bincount(items, minlength=n_items).float()
-    w = du[users].rsqrt() * di[items].rsqrt()
+    if weights is None:
+        du = torch.bincount(users, minlength=n_users).float()
+        di = torch.bincount(items, minlength=n_items).float()
+        w = du[users].rsqrt() * di[items].rsqrt()
+    else:  # probability proportional to w_e / sqrt(d_u d_i), weighted degrees; w_e = 0: never kept
+        weights = weights.to(users.device).float()
+        du = torch.zeros(n_users, device=users.device).index_add_(0, users, weights)
+        di = torch.zeros(n_items, device=users.device).index_add_(0, items, weights)
+        deg = (du[users] * di[items]).clamp(min=1e-30)
+        w = torch.where(weights > 0, weights * deg.rsqrt(), torch.zeros_like(weights))
     race = torch.empty(n_edges, device=users.device).exponential_(generator=generator) / w
     kept = race.topk(n_keep, largest=False, sorted=False).indices
     return kept.sort().values

@@ -59,7 +59,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from .graphs import (bipartite_adjacency, frozen_knn_topk, knn_topk, lightgcn_propagate, spmm,
+from .graphs import (frozen_knn_topk, knn_topk, lightgcn_propagate, spmm,
                      transpose_csr, unit_rows)
 from .losses import bpr_terms, l2_reg
 
@@ -130,8 +130,7 @@ class Lattice(Backbone):
             self.register_buffer(f"orig_{k}", s, persistent=False)
             self.register_buffer(f"orig_t_{k}", transpose_csr(s), persistent=False)
         self.modal_logits = nn.Parameter(torch.zeros(len(self.modalities)))
-        self.register_buffer("adj", bipartite_adjacency(data.train.users, data.train.items,
-                                                        n_users, n_items), persistent=False)
+        self.register_edge_buffers(data)  # adj
         # learned graphs of the current training epoch: per modality (values, indices,
         # detached CSR, its transpose); the eval-mode graphs with the parameter key they came from
         self._train_graphs: list | None = None

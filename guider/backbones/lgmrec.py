@@ -108,7 +108,6 @@ class LGMRec(Backbone):
         super().__init__(cfg, data)
         check_config(cfg)
         d = cfg.embedding_dim
-        n_users, n_items = data.n_users, data.n_items
         self.init_id_embeddings(d)
         self.proj = nn.ModuleList()
         self.hyper = nn.ParameterList()
@@ -120,19 +119,22 @@ class LGMRec(Backbone):
             self.hyper.append(nn.Parameter(nn.init.xavier_uniform_(
                 torch.empty(feats.shape[1], cfg.n_hyperedges))))
 
-        users = torch.as_tensor(data.train.users, dtype=torch.long)
-        items = torch.as_tensor(data.train.items, dtype=torch.long)
-        self.register_buffer("adj", bipartite_adjacency(users, items, n_users, n_items),
-                             persistent=False)
-        r = user_item_matrix(users, items, n_users, n_items)
-        self.register_buffer("r", r, persistent=False)
-        self.register_buffer("r_t", transpose_csr(r), persistent=False)
-        du = torch.bincount(users, minlength=n_users).float().clamp(min=1)
-        r_mean = user_item_matrix(users, items, n_users, n_items, values=1.0 / du[users])
-        self.register_buffer("r_mean", r_mean, persistent=False)
-        self.register_buffer("r_mean_t", transpose_csr(r_mean), persistent=False)
+        self.register_edge_buffers(data)  # adj, r, r_t, r_mean, r_mean_t
         self.generator = torch.Generator().manual_seed(torch.initial_seed())
         self.register_buffer("rng_state", self.generator.get_state())
+
+    def edge_buffers(self, weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The adjacency, the user x item matrix R (ones, or the edge weights) and its row-mean
+        form (each user's row divided by its (weighted) degree), each with its transpose."""
+        users, items, n_users, n_items = self.edge_users, self.edge_items, self.n_users, self.n_items
+        r = user_item_matrix(users, items, n_users, n_items, values=weights)
+        w = torch.ones(len(users)) if weights is None else weights.float()
+        du = torch.zeros(n_users).index_add_(0, users, w)
+        r_mean = user_item_matrix(users, items, n_users, n_items,
+                                  values=w / du[users].clamp(min=1e-12))
+        return {"adj": bipartite_adjacency(users, items, n_users, n_items, weights=weights),
+                "r": r, "r_t": transpose_csr(r), "r_mean": r_mean,
+                "r_mean_t": transpose_csr(r_mean)}
 
     # -- random draws -------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses
-from .graphs import bipartite_adjacency, lightgcn_propagate
+from .graphs import lightgcn_propagate
 from .losses import bpr_terms, l2_reg
 
 
@@ -26,9 +26,7 @@ class LightGCN(Backbone):
         super().__init__(cfg, data)
         self.embedding = nn.Embedding(data.n_users + data.n_items, cfg.embedding_dim)
         nn.init.xavier_uniform_(self.embedding.weight)
-        self.register_buffer("adj", bipartite_adjacency(data.train.users, data.train.items,
-                                                        data.n_users, data.n_items),
-                             persistent=False)
+        self.register_edge_buffers(data)  # adj
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         out = lightgcn_propagate(self.adj, self.embedding.weight, self.cfg.n_layers)

@@ -94,10 +94,11 @@ class MGCN(Backbone):
         # attention of the modality-shared part (Eq. 6)
         self.att = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
 
-        ui_graphs = user_item_graphs(data.train.users, data.train.items, self.n_users,
-                                     self.n_items)
-        for name, graph in ui_graphs.items():   # adj, r_norm, r_norm_t
-            self.register_buffer(name, graph, persistent=False)
+        self.register_edge_buffers(data)  # adj, r_norm, r_norm_t (user_item_graphs)
+
+    def edge_buffers(self, weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return user_item_graphs(self.edge_users, self.edge_items, self.n_users, self.n_items,
+                                weights)
 
     # -- views ------------------------------------------------------------------------------
 

@@ -175,13 +175,14 @@ class SMORE(Backbone):
         self.register_buffer("ii_f", fused, persistent=False)
         self.register_buffer("ii_t_f", transpose_csr(fused), persistent=False)
 
-        ui_graphs = user_item_graphs(data.train.users, data.train.items, self.n_users,
-                                     self.n_items)
-        for name, graph in ui_graphs.items():   # adj, r_norm, r_norm_t
-            self.register_buffer(name, graph, persistent=False)
+        self.register_edge_buffers(data)  # adj, r_norm, r_norm_t (user_item_graphs)
 
         self.generator = torch.Generator().manual_seed(torch.initial_seed())
         self.register_buffer("dropout_rng_state", self.generator.get_state())
+
+    def edge_buffers(self, weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return user_item_graphs(self.edge_users, self.edge_items, self.n_users, self.n_items,
+                                weights)
 
     # -- parts ----------------------------------------------------------------------------
 

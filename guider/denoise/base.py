@@ -46,6 +46,12 @@ class Denoiser:
     def on_epoch(self, epoch: int) -> None:
         """Called before each training epoch."""
 
+    def edge_weights(self) -> torch.Tensor | None:
+        """Per training interaction weights for the backbone's user-item graph (asked after
+        ``on_epoch``; ``Backbone.set_edge_weights`` rebuilds the graph when a new tensor comes),
+        so that flags reach the propagation, not only the loss. None: the graph as built."""
+        return None
+
     def weights(self, batch: Batch, main: torch.Tensor) -> torch.Tensor | None:
         """Per-sample weights for the main term (``main`` is detached); None means all ones."""
         return None

@@ -155,6 +155,8 @@ def _column_for(key: str, flat_cfg_keys: set[str]) -> tuple[str, str | None]:
     """Summary column of one override key and the config key its value comes from."""
     if key in IDENTITY:
         return key, IDENTITY[key]
+    if key.startswith("denoise/"):  # a group of the denoiser's (denoise/teacher=freedom)
+        return key.replace("/", "."), None
     if "/" in key:  # a config group below another (e.g. experiment/variant): the choice
         return key.rsplit("/", 1)[-1], None
     if key in flat_cfg_keys:
@@ -399,6 +401,8 @@ def _at_default(denoiser: str, column: str, value: Any) -> bool:
             default = getattr(default, part)
     except (KeyError, AttributeError, TypeError):
         return False
+    if hasattr(default, "name") and not isinstance(value, dict):  # a group's choice (teacher)
+        return str(value) == str(default.name)
     if isinstance(default, bool) or isinstance(value, bool):
         return str(value).lower() == str(default).lower()
     try:

@@ -133,6 +133,7 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
     state = TrainState()
     best_model = None
     best_denoiser = None
+    best_edge_weights = None  # the denoiser's graph weights the model held at its best epoch
 
     if train.resume:
         last = ckpt_dir / "last.pt"
@@ -152,6 +153,7 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
             if best_path.is_file():
                 best = torch.load(best_path, map_location=device, weights_only=False)
                 best_model, best_denoiser = best["model"], best.get("denoiser")
+                best_edge_weights = best.get("edge_weights")
             log.info("resumed from %s at epoch %d", last, state.epoch)
         else:
             log.warning("train.resume=true but %s does not exist; starting from scratch", last)
@@ -162,6 +164,7 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
     budget_s = 60.0 * train.max_minutes
     bar = tqdm(range(state.epoch, train.epochs), initial=state.epoch, total=train.epochs,
                desc="epochs", disable=not train.progress, dynamic_ncols=True)
+    applied_weights: torch.Tensor | None = None  # the denoiser's graph weights the model holds
     for epoch in bar:
         if state.finished:
             break
@@ -172,6 +175,10 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
             break
         t0 = time.perf_counter()
         denoiser.on_epoch(epoch)
+        graph_weights = denoiser.edge_weights()
+        if graph_weights is not None and graph_weights is not applied_weights:
+            model.set_edge_weights(graph_weights)  # before pre_epoch: FREEDOM prunes with them
+            applied_weights = graph_weights
         model.pre_epoch(epoch)
         model.train()
         loss_sum, n_batches = 0.0, 0
@@ -208,11 +215,13 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
             if value > state.best_value:
                 state.best_value, state.best_epoch, state.bad_evals = value, epoch, 0
                 best_model = copy.deepcopy(model.state_dict())
+                best_edge_weights = applied_weights
                 if denoiser.has_scorers:
                     best_denoiser = copy.deepcopy(denoiser.state_dict())
                 if train.save_checkpoints:
                     io.torch_save(ckpt_dir / "best.pt", {"model": best_model, "epoch": epoch,
-                                                         "denoiser": best_denoiser})
+                                                         "denoiser": best_denoiser,
+                                                         "edge_weights": best_edge_weights})
             else:
                 state.bad_evals += 1
             bar.set_postfix(loss=f"{epoch_loss:.4f}", **{metric: f"{value:.4f}"},
@@ -229,7 +238,7 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "denoiser": denoiser.state_dict(), "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "state": asdict(state),
-                "fingerprint": fingerprint,
+                "fingerprint": fingerprint, "edge_weights": applied_weights,
             })
         if on_epoch_end is not None:
             on_epoch_end(epoch)
@@ -239,6 +248,8 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
 
     if best_model is not None:
         model.load_state_dict(best_model)
+        if best_edge_weights is not None:
+            model.set_edge_weights(best_edge_weights)
     model.eval()
     t1 = time.perf_counter()
     scorer = model.scorer()

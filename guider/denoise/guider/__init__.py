@@ -10,19 +10,24 @@ student_dbpr) plus gamma * L_KD (``extra_loss``). See docs/guider.md.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from ...backbones import BACKBONES, Backbone, build_backbone
+from ...backbones import BACKBONES, Backbone, BackboneConfig, build_backbone
 from ...data import Batch, Interactions
 from ...optim import make_adam
-from ..base import DENOISERS, Denoiser, DenoiseConfig, check_choice, weighted_mean
+from ..base import DENOISERS, Denoiser, DenoiseConfig, weighted_mean
 from .amsc import AMSC, AMSCConfig
 from .distill import Distiller, KDConfig
 
-TEACHERS = ("lightgcn", "mf")
+
+def default_teacher() -> dict:
+    """conf/denoise/teacher/lightgcn.yaml: an ID-only LightGCN with 2 layers, d 64, L2 1e-4."""
+    return {"name": "lightgcn", "embedding_dim": 64, "n_layers": 2, "reg_weight": 1e-4}
 
 
 @dataclass
@@ -34,28 +39,49 @@ class DBPRConfig:
 @dataclass
 class GuiderConfig(DenoiseConfig):
     name: str = "guider"
-    teacher: str = "lightgcn"  # lightgcn | mf (ID-based)
-    teacher_dim: int = 64
-    teacher_layers: int = 2  # LightGCN teacher only
+    # the teacher: any registered backbone's config (conf/denoise/teacher/<name>.yaml, chosen with
+    # denoise/teacher=<name>); validated against that backbone's schema in __post_init__
+    # (None: the default, conf/denoise/teacher/lightgcn.yaml; a default dict would be merged key
+    # by key into another backbone's)
+    teacher: Any = None
     teacher_lr: float = 1e-3
-    teacher_reg: float = 1e-4
     student_dbpr: bool = True  # the student's main term is weighted by omega too
+    # true: omega also weights the user-item graphs of the teacher and the student (edge values,
+    # FREEDOM's pruning odds; Backbone.set_edge_weights), so flags reach the propagation
+    graph: bool = False
     amsc: AMSCConfig = field(default_factory=AMSCConfig)
     dbpr: DBPRConfig = field(default_factory=DBPRConfig)
     kd: KDConfig = field(default_factory=KDConfig)
 
+    def __post_init__(self) -> None:
+        if self.teacher is None:
+            self.teacher = default_teacher()
+        if not isinstance(self.teacher, BackboneConfig):
+            self.teacher = validate_teacher(self.teacher)
+
+
+def validate_teacher(node: Any) -> BackboneConfig:
+    """The teacher's config node, typed by its backbone's schema; errors name denoise.teacher."""
+    if not isinstance(node, Mapping) or "name" not in node:
+        raise ValueError(f"denoise.teacher={node!r}: choose the teacher with denoise/teacher=<name> "
+                         f"(one of {', '.join(BACKBONES.names())}), and set its keys with "
+                         f"denoise.teacher.<key>=<value>")
+    try:
+        BACKBONES.get(node["name"])
+    except KeyError as err:  # an unknown backbone name
+        raise ValueError(f"denoise.teacher: {err.args[0]}") from None
+    try:
+        return BACKBONES.validate(node)
+    except Exception as err:  # an unknown key or a wrong type, named by OmegaConf
+        raise ValueError(f"denoise.teacher ({node['name']}): {err}") from None
+
 
 def build_teacher(cfg: GuiderConfig, data: Interactions, device: torch.device,
                   seed: int) -> Backbone:
-    check_choice(cfg.teacher, TEACHERS, "teacher")
-    schema = BACKBONES.get(cfg.teacher).schema
-    tcfg = schema(name=cfg.teacher, embedding_dim=cfg.teacher_dim, reg_weight=cfg.teacher_reg)
-    if cfg.teacher == "lightgcn":
-        tcfg.n_layers = cfg.teacher_layers
     # the teacher's initialisation must not consume the global RNG the student was seeded from
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 7919)
-        return build_backbone(tcfg, data, device)
+        return build_backbone(cfg.teacher, data, device)
 
 
 @DENOISERS.register("guider", GuiderConfig)
@@ -75,10 +101,26 @@ class Guider(Denoiser):
         self.omega = torch.ones(n, device=device)
         self.false_mask = torch.zeros(n, dtype=torch.bool)
         self.scores: torch.Tensor | None = None
+        self.teacher_graph_omega: torch.Tensor | None = None  # the omega the teacher's graph holds
         self.teacher_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- epoch: AMSC refresh -------------------------------------------------------------
     def on_epoch(self, epoch: int) -> None:
+        self.refresh(epoch)
+        if self.graph_weighted and self.teacher_graph_omega is not self.omega:
+            self.teacher.set_edge_weights(self.omega)
+            self.teacher_graph_omega = self.omega
+        self.teacher.pre_epoch(epoch)  # e.g. a FREEDOM teacher's pruning for the epoch
+
+    @property
+    def graph_weighted(self) -> bool:
+        return self.cfg.graph and self.amsc is not None
+
+    def edge_weights(self) -> torch.Tensor | None:
+        return self.omega if self.graph_weighted else None
+
+    def refresh(self, epoch: int) -> None:
+        """AMSC: rescore every training interaction, reclassify, recompute omega."""
         cfg = self.cfg
         if self.amsc is None or epoch % cfg.amsc.refresh_every != 0:
             return
@@ -159,3 +201,7 @@ class Guider(Denoiser):
         self.omega, self.false_mask, self.scores = state["omega"], state["false_mask"], state["scores"]
         self.distiller.load_state_dict(state["distiller"])
         self.teacher_embeddings = None
+        self.teacher_graph_omega = None
+        if self.graph_weighted:  # the teacher's graph as it was when the state was saved
+            self.teacher.set_edge_weights(self.omega)
+            self.teacher_graph_omega = self.omega
