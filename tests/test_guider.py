@@ -12,7 +12,8 @@ import torch
 from guider.backbones.graphs import centred_unit, knn_indices
 from guider.backbones.mf import MF
 from guider.data import Batch
-from guider.denoise.guider.amsc import AMSC, AMSCConfig, cross_modal_confidence
+from guider.denoise.guider.amsc import (AMSC, AMSCConfig, capped_per_user, confidence_weights,
+                                       cross_modal_confidence)
 from guider.denoise.guider.distill import (Distiller, KDConfig, kl_loss, ot_loss, sinkhorn,
                                            transport_cost)
 from guider.evaluation.detection import detection_auc, detection_metrics
@@ -157,6 +158,54 @@ def test_schedule_and_per_user_standardisation():
     assert abs(float(flagged.sum()) / int(valid.sum()) - 0.2) < 0.05
 
 
+
+# --- AMSC's levers (docs/guider.md): each off by default, each shown on a hand-made case ----
+
+def test_conf_floor_keeps_content_where_modalities_disagree():
+    conf = torch.tensor([0.0, 0.5, 1.0])
+    assert confidence_weights(conf, 0.5).tolist() == pytest.approx([0.0, 0.5 ** 0.5, 1.0])
+    assert confidence_weights(conf, 0.5, 0.4).tolist() == pytest.approx(
+        [0.4, 0.4 + 0.6 * 0.5 ** 0.5, 1.0])
+    # two unrelated modalities: their kNN sets barely overlap, yet no w falls below the floor
+    amsc = random_amsc(AMSCConfig(conf_k=4, conf_floor=0.3))
+    assert float(amsc.w.min()) >= 0.3 and float(amsc.w.max()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="conf_floor"):
+        random_amsc(AMSCConfig(conf_k=4, conf_floor=1.5))
+
+
+def test_user_cap_keeps_the_lowest_scores_and_splits_tied_two_item_users():
+    users = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    c = torch.tensor([0.1, 0.1, 0.0, 0.2, 0.3, 0.5, 0.6])  # user 0: a tie (two items)
+    n_u = torch.bincount(users).float()
+    flagged = torch.tensor([True, True, True, True, False, False, True])
+    tie = torch.tensor([5.0, 1.0, 0, 0, 0, 0, 0])  # the teacher prefers item 0 of user 0
+    out = capped_per_user(flagged, c, users, n_u, 0.5, tie)
+    # user 0: floor(0.5 x 2) = 1 flag, the tie goes to the lower teacher score (index 1);
+    # user 1: floor(1.5) = 1, the lowest score (index 2); user 2: its one flag stays
+    assert out.tolist() == [False, True, True, False, False, False, True]
+    assert capped_per_user(flagged, c, users, n_u, 1.0).tolist() == flagged.tolist()
+    assert not capped_per_user(flagged, c, users, n_u, 0.0).any()
+    # through AMSC: no user with two items keeps both flagged
+    amsc = random_amsc(AMSCConfig(conf_k=4, warmup_epochs=1, rho_max=0.5, user_cap=0.5))
+    _, f = amsc.refresh(torch.randn(amsc.n_items, 4), epoch=1)
+    per_user = torch.zeros(amsc.n_users).index_add_(0, amsc.users, f.float())
+    assert (per_user <= torch.floor(0.5 * amsc.n_u)).all() and f.any()
+
+
+def test_score_ema_averages_refreshes_so_one_noisy_refresh_flips_fewer_flags():
+    cfg = AMSCConfig(conf_k=4, warmup_epochs=1, rho_max=0.2, score_ema=0.8)
+    amsc = random_amsc(cfg)
+    e1, e2 = torch.randn(amsc.n_items, 4), torch.randn(amsc.n_items, 4)
+    c1, f1 = amsc.refresh(e1, epoch=1)
+    c2, f2 = amsc.refresh(e2, epoch=2)
+    raw = amsc.consistency(e2, 1.0)
+    valid = ~torch.isnan(c2)
+    torch.testing.assert_close(c2[valid], (0.8 * c1 + 0.2 * raw)[valid])
+    plain = random_amsc(AMSCConfig(conf_k=4, warmup_epochs=1, rho_max=0.2))
+    _, g1 = plain.refresh(e1, epoch=1)
+    _, g2 = plain.refresh(e2, epoch=2)
+    assert int((f1 != f2).sum()) < int((g1 != g2).sum())
+
 # --- distillation -----------------------------------------------------------------------
 
 def test_batched_sinkhorn_matches_pot_per_user():
@@ -234,6 +283,48 @@ def test_candidates_include_batch_items_and_top_up():
     assert sorted(users.tolist()) == [0, 1]
     assert len(cand) == 10 and len(set(cand.tolist())) == 10
     assert {2, 3, 4, 5, 6, 7} <= set(cand.tolist())
+
+
+def test_teacher_candidates_hold_each_users_teacher_favourites():
+    batch = Batch(torch.tensor([0, 1, 1]), torch.tensor([2, 3, 4]), torch.tensor([5, 6, 7]),
+                  torch.arange(3))
+    # the teacher scores user 0 highest on items 40, 41 and user 1 on items 45, 46
+    t_items = torch.zeros(50, 2)
+    t_items[[40, 41], 0] = torch.tensor([2.0, 1.0])
+    t_items[[45, 46], 1] = torch.tensor([2.0, 1.0])
+    t_users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    cfg = KDConfig(users=256, items=12, candidates="teacher", top_k=2)
+    top = lambda u: (t_users[u] @ t_items.t()).topk(2, dim=1).indices  # noqa: E731
+    users, cand = Distiller(cfg, 50, seed=0).sample(batch, top)
+    assert len(cand) == 12 and {2, 3, 4, 5, 6, 7, 40, 41, 45, 46} <= set(cand.tolist())
+    # more than kd.items: a uniform subset of that union, no random top-up
+    users, cand = Distiller(KDConfig(items=4, candidates="teacher", top_k=2), 50, 0).sample(batch, top)
+    assert len(cand) == 4 and set(cand.tolist()) <= {2, 3, 4, 5, 6, 7, 40, 41, 45, 46}
+    # the whole catalogue
+    _, cand = Distiller(KDConfig(candidates="all", type="kl"), 50, 0).sample(batch)
+    assert cand.tolist() == list(range(50))
+    with pytest.raises(ValueError, match="kd.candidates"):
+        Distiller(KDConfig(candidates="popular"), 50, 0)
+
+
+def test_kd_warmup_ramps_gamma():
+    d = Distiller(KDConfig(weight=0.4, warmup_epochs=10), 50, 0)
+    assert [d.weight(e) for e in (0, 5, 10, 30)] == pytest.approx([0.0, 0.2, 0.4, 0.4])
+    assert Distiller(KDConfig(weight=0.4), 50, 0).weight(0) == pytest.approx(0.4)
+
+
+def test_guider_user_cap_reaches_the_flags(tiny_cfg):
+    _, g = switches(tiny_cfg, "denoise.amsc.user_cap=0.5", "denoise.amsc.rho_max=0.4")
+    g.on_epoch(5)
+    a = g.amsc
+    per_user = torch.zeros(a.n_users).index_add_(0, a.users, g.false_mask.float())
+    assert g.false_mask.any() and (per_user <= torch.floor(0.5 * a.n_u)).all()
+
+
+def test_guider_with_teacher_candidates_and_warmup_trains(tiny_cfg, tmp_path):
+    m = run(tiny_cfg(*GUIDER_FAST, "denoise.kd.candidates=teacher", "denoise.kd.warmup_epochs=2",
+                     "train.epochs=3"), tmp_path)
+    assert m["status"] == "completed" and m["test"]["Recall@20"] > 0
 
 
 # --- detection metrics ------------------------------------------------------------------

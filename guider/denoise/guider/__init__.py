@@ -21,7 +21,7 @@ from ...backbones import BACKBONES, Backbone, BackboneConfig, build_backbone
 from ...data import Batch, Interactions
 from ...optim import make_adam
 from ..base import DENOISERS, Denoiser, DenoiseConfig, weighted_mean
-from .amsc import AMSC, AMSCConfig
+from .amsc import AMSC, AMSCConfig, rowwise_dot
 from .distill import Distiller, KDConfig
 
 
@@ -102,10 +102,12 @@ class Guider(Denoiser):
         self.false_mask = torch.zeros(n, dtype=torch.bool)
         self.scores: torch.Tensor | None = None
         self.teacher_graph_omega: torch.Tensor | None = None  # the omega the teacher's graph holds
+        self.epoch = 0
         self.teacher_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- epoch: AMSC refresh -------------------------------------------------------------
     def on_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.refresh(epoch)
         if self.graph_weighted and self.teacher_graph_omega is not self.omega:
             self.teacher.set_edge_weights(self.omega)
@@ -125,9 +127,14 @@ class Guider(Denoiser):
         if self.amsc is None or epoch % cfg.amsc.refresh_every != 0:
             return
         self.teacher.eval()
+        affinity = None
         with torch.no_grad():
-            item_emb = self.teacher.item_embeddings()
-        c, false_mask = self.amsc.refresh(item_emb, epoch)
+            if cfg.amsc.user_cap < 1.0:  # the teacher's user-item scores break the cap's ties
+                user_emb, item_emb = (t.float().cpu() for t in self.teacher.final_embeddings())
+                affinity = rowwise_dot(user_emb, self.amsc.users, item_emb, self.amsc.items)
+            else:
+                item_emb = self.teacher.item_embeddings()
+        c, false_mask = self.amsc.refresh(item_emb, epoch, affinity)
         self.scores, self.false_mask = c, false_mask
         omega = torch.ones(len(c))
         omega[false_mask] = cfg.dbpr.false_weight
@@ -151,7 +158,8 @@ class Guider(Denoiser):
         return self.omega[batch.idx]
 
     def extra_loss(self, batch: Batch, backbone: Backbone) -> dict[str, torch.Tensor]:
-        if self.cfg.kd.type == "none" or self.cfg.kd.weight == 0:
+        gamma = self.distiller.weight(self.epoch)
+        if self.cfg.kd.type == "none" or gamma == 0:
             return {}
         if self.teacher_embeddings is None:
             with torch.no_grad():
@@ -159,7 +167,7 @@ class Guider(Denoiser):
         s_users, s_items = backbone.batch_embeddings(batch)
         t_users, t_items = self.teacher_embeddings
         kd = self.distiller.loss(batch, s_users, s_items, t_users, t_items)
-        return {"kd": self.cfg.kd.weight * kd}
+        return {"kd": gamma * kd}
 
     # --- detection and bookkeeping ------------------------------------------------------
     def noise_scores(self) -> np.ndarray | None:
@@ -199,6 +207,8 @@ class Guider(Denoiser):
         self.teacher.load_state_dict(state["teacher"])
         self.teacher_opt.load_state_dict(state["teacher_opt"])
         self.omega, self.false_mask, self.scores = state["omega"], state["false_mask"], state["scores"]
+        if self.amsc is not None:
+            self.amsc.previous = self.scores  # what score_ema averages the next refresh with
         self.distiller.load_state_dict(state["distiller"])
         self.teacher_embeddings = None
         self.teacher_graph_omega = None

@@ -30,6 +30,10 @@ class AMSCConfig:
     per_user: bool = False  # standardise scores within each user (n_u >= 3) before the quantile
     refresh_every: int = 1  # epochs between refreshes
     knn_block: int = 2048  # rows per block in the kNN
+    # the levers of docs/guider.md ("AMSC's fixes"); their defaults leave AMSC as specified
+    conf_floor: float = 0.0  # w_i = floor + (1 - floor) (conf_i / max conf)^power: content kept
+    user_cap: float = 1.0  # at most floor(user_cap x n_u) flags per user, lowest scores first
+    score_ema: float = 0.0  # scores averaged over refreshes (c <- ema c_prev + (1 - ema) c)
 
 
 def rowwise_dot(a: torch.Tensor, rows_a: torch.Tensor, b: torch.Tensor,
@@ -57,11 +61,44 @@ def cross_modal_confidence(z: dict[str, torch.Tensor], k: int, block: int) -> to
     return total / len(pairs)
 
 
-def confidence_weights(conf: torch.Tensor, power: float) -> torch.Tensor:
+def confidence_weights(conf: torch.Tensor, power: float, floor: float = 0.0) -> torch.Tensor:
+    """w_i = floor + (1 - floor) (conf_i / max conf)^power: with floor > 0 no item's content is
+    switched off wholesale (on TikTok the image and audio kNN sets rarely overlap: conf ~ 0)."""
     top = conf.max()
-    if top <= 0:
-        return torch.zeros_like(conf)
-    return (conf / top).pow(power)
+    base = torch.zeros_like(conf) if top <= 0 else (conf / top).pow(power)
+    return floor + (1.0 - floor) * base
+
+
+def capped_per_user(flagged: torch.Tensor, c: torch.Tensor, users: torch.Tensor,
+                    n_u: torch.Tensor, cap: float, tie: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep at most floor(cap x n_u) flags per user: those with the lowest scores ``c``, equal
+    scores ordered by ``tie`` (lower first; e.g. the teacher's user-item score, so that the two
+    items of a two-item user, whose consistency scores are equal by symmetry, are told apart),
+    then by position. Vectorised: one lexicographic sort, ranks within users from the sort."""
+    if cap >= 1.0 or not flagged.any():
+        return flagged
+    n = len(c)
+    order = torch.arange(n)
+    if tie is not None:
+        order = order[torch.argsort(tie[order], stable=True)]
+    cv = torch.where(torch.isnan(c), torch.full_like(c, torch.inf), c)
+    order = order[torch.argsort(cv[order], stable=True)]
+    order = order[torch.argsort(users[order], stable=True)]  # by user, then score, then tie
+    f_sorted = flagged[order].long()
+    u_sorted = users[order]
+    # rank of each flag among its user's flags: cumulative count minus the count before the user
+    csum = torch.cumsum(f_sorted, 0)
+    first = torch.ones(n, dtype=torch.bool)
+    first[1:] = u_sorted[1:] != u_sorted[:-1]
+    start = torch.cummax(torch.where(first, torch.arange(n), torch.zeros(n, dtype=torch.long)),
+                         0).values
+    before = torch.where(start > 0, csum[(start - 1).clamp(min=0)], torch.zeros_like(csum))
+    rank = csum - before  # 1-based among the user's flags
+    allowed = torch.floor(cap * n_u[u_sorted]).long()
+    keep_sorted = f_sorted.bool() & (rank <= allowed)
+    out = torch.zeros(n, dtype=torch.bool)
+    out[order] = keep_sorted
+    return out
 
 
 class AMSC:
@@ -84,7 +121,14 @@ class AMSC:
         self.n_u = torch.bincount(self.users, minlength=n_users).float()
         self.z = {m: centred_unit(torch.as_tensor(f)) for m, f in features.items()}
         self.conf = cross_modal_confidence(self.z, cfg.conf_k, cfg.knn_block)
-        self.w = confidence_weights(self.conf, cfg.conf_power)
+        if not 0.0 <= cfg.conf_floor <= 1.0:
+            raise ValueError(f"denoise.amsc.conf_floor={cfg.conf_floor}: must lie in [0, 1]")
+        if not 0.0 <= cfg.user_cap <= 1.0:
+            raise ValueError(f"denoise.amsc.user_cap={cfg.user_cap}: must lie in [0, 1]")
+        if not 0.0 <= cfg.score_ema < 1.0:
+            raise ValueError(f"denoise.amsc.score_ema={cfg.score_ema}: must lie in [0, 1)")
+        self.w = confidence_weights(self.conf, cfg.conf_power, cfg.conf_floor)
+        self.previous: torch.Tensor | None = None  # the last refresh's scores (score_ema)
         gen = torch.Generator().manual_seed(seed)
         self.random_items = torch.randint(n_items, (len(self.items),), generator=gen)
         self.gap = self.modality_gaps()
@@ -186,10 +230,19 @@ class AMSC:
         flagged[valid] = c[valid] < threshold
         return flagged
 
-    def refresh(self, item_emb: torch.Tensor | None, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores (higher = more consistent; NaN = clean by definition) and the I_false mask."""
+    def refresh(self, item_emb: torch.Tensor | None, epoch: int,
+                affinity: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores (higher = more consistent; NaN = clean by definition) and the I_false mask.
+        ``affinity``: the teacher's score of each training interaction, the tie-break of the
+        per-user cap."""
+        cfg = self.cfg
         lam, rho = self.schedule(epoch)
         c = self.consistency(item_emb, lam)
-        if self.cfg.per_user:
+        if cfg.per_user:
             c = self.standardise_per_user(c)
-        return c, self.reclassify(c, rho)
+        if cfg.score_ema > 0 and self.previous is not None:
+            c = cfg.score_ema * self.previous + (1.0 - cfg.score_ema) * c
+        self.previous = c
+        flagged = self.reclassify(c, rho)
+        flagged = capped_per_user(flagged, c, self.users, self.n_u, cfg.user_cap, affinity)
+        return c, flagged

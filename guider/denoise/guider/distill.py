@@ -20,6 +20,7 @@ independent of the dataset's size; ``Distiller`` checks that memory before train
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,14 @@ class KDConfig:
     type: str = "ot"  # ot | kl | none
     weight: float = 0.1  # gamma
     users: int = 256
-    items: int = 256
+    items: int = 256  # candidate items per batch (candidates=batch or teacher)
+    # batch: the batch's positives and negatives, topped up with uniform random items;
+    # teacher: the teacher's top_k items of each distilled user plus the batch's positives and
+    # negatives (a uniform subset of them when more than kd.items); all: the whole catalogue
+    # (the authors' release; kd.items is ignored: users x n_items scores, n_items^2 for OT)
+    candidates: str = "batch"
+    top_k: int = 20  # candidates=teacher: the teacher's top items per distilled user
+    warmup_epochs: int = 0  # gamma ramps linearly from 0 to kd.weight over these epochs
     tau: float = 1.0
     eps: float = 0.05
     sinkhorn_iters: int = 20
@@ -96,35 +104,63 @@ def transport_cost(item_emb: torch.Tensor) -> torch.Tensor:
     return M / top if top > 0 else M
 
 
+CANDIDATES = ("batch", "teacher", "all")
+
+
+def n_candidates(cfg: KDConfig, n_items: int) -> int:
+    return n_items if cfg.candidates == "all" else min(cfg.items, n_items)
+
+
 def step_bytes(cfg: KDConfig, n_items: int) -> int:
     """Memory of one distillation step: the candidates' cost matrix M and the Sinkhorn kernels
     K, K^T, K*M (candidates x candidates) and about a dozen users x candidates rows (scores of
     student and teacher, p, q, the scalings u and v, gradients), float32. It depends only on
     kd.users and kd.items, never on the dataset's size."""
-    c = min(cfg.items, n_items)
-    return 4 * (5 * c * c + 12 * cfg.users * c)
+    c = n_candidates(cfg, n_items)
+    square = 5 * c * c if cfg.type == "ot" else 0
+    return 4 * (square + 12 * cfg.users * max(c, n_items if cfg.candidates == "teacher" else 0))
 
 
 class Distiller:
     def __init__(self, cfg: KDConfig, n_items: int, seed: int):
         if cfg.type not in ("ot", "kl", "none"):
             raise ValueError(f"denoise.kd.type={cfg.type!r}: choose ot, kl or none")
+        if cfg.candidates not in CANDIDATES:
+            raise ValueError(f"denoise.kd.candidates={cfg.candidates!r}: choose one of "
+                             f"{', '.join(CANDIDATES)}")
+        if cfg.top_k < 1 or cfg.warmup_epochs < 0:
+            raise ValueError(f"denoise.kd.top_k={cfg.top_k} must be >= 1 and "
+                             f"denoise.kd.warmup_epochs={cfg.warmup_epochs} >= 0")
         if cfg.type != "none":
+            knob = ("denoise.kd.users (or candidates=batch|teacher)" if cfg.candidates == "all"
+                    else "denoise.kd.items and denoise.kd.users")
             check_size(f"GUIDER's distillation step ({cfg.users:,} users x "
-                       f"{min(cfg.items, n_items):,} candidate items)", step_bytes(cfg, n_items),
-                       "denoise.kd.items and denoise.kd.users")
+                       f"{n_candidates(cfg, n_items):,} candidate items)",
+                       step_bytes(cfg, n_items), knob)
         self.cfg = cfg
         self.n_items = n_items
         self.generator = torch.Generator().manual_seed(seed)
 
-    def sample(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(users, candidate items) for this batch, drawn with the distiller's own generator."""
+    def weight(self, epoch: int) -> float:
+        """gamma at ``epoch``: kd.weight, ramped linearly from 0 over kd.warmup_epochs."""
+        w = self.cfg.warmup_epochs
+        return self.cfg.weight * (min(1.0, epoch / w) if w > 0 else 1.0)
+
+    def sample(self, batch: Batch, teacher_top: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users, candidate items) for this batch, drawn with the distiller's own generator.
+        ``teacher_top(users)``: the teacher's top kd.top_k items of each user (candidates=teacher)."""
         g = self.generator
         users = torch.unique(batch.users.cpu())
         if len(users) > self.cfg.users:
             users = users[torch.randperm(len(users), generator=g)[: self.cfg.users]]
+        if self.cfg.candidates == "all":
+            return users, torch.arange(self.n_items)
         size = min(self.cfg.items, self.n_items)
-        cand = torch.unique(torch.cat([batch.pos.cpu(), batch.neg.cpu()]))
+        parts = [batch.pos.cpu(), batch.neg.cpu()]
+        if self.cfg.candidates == "teacher" and teacher_top is not None:
+            parts.insert(0, teacher_top(users).reshape(-1).cpu())
+        cand = torch.unique(torch.cat(parts))
         if len(cand) > size:
             cand = cand[torch.randperm(len(cand), generator=g)[:size]]
         elif len(cand) < size:
@@ -137,7 +173,14 @@ class Distiller:
 
     def loss(self, batch: Batch, student_users: torch.Tensor, student_items: torch.Tensor,
              teacher_users: torch.Tensor, teacher_items: torch.Tensor) -> torch.Tensor:
-        users, cand = self.sample(batch)
+        k = min(self.cfg.top_k, self.n_items)
+
+        def teacher_top(users: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                u = users.to(teacher_users.device)
+                return (teacher_users[u] @ teacher_items.t()).topk(k, dim=1).indices
+
+        users, cand = self.sample(batch, teacher_top)
         dev = student_users.device
         users, cand = users.to(dev), cand.to(dev)
         s = student_users[users] @ student_items[cand].t()
