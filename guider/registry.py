@@ -49,8 +49,13 @@ class Registry(Generic[T]):
 
     def validate(self, node: DictConfig | dict) -> Any:
         """Merge a config node onto the registered schema: unknown keys and wrong types fail here,
-        before any work starts, with the offending key named. Returns a typed dataclass instance."""
+        before any work starts, with the offending key named; then the schema's own ``check()``
+        (values: ranges and choices). Returns a typed dataclass instance."""
         name = node["name"]
         entry = self.get(name)
         merged = OmegaConf.merge(OmegaConf.structured(entry.schema), node)
-        return OmegaConf.to_object(merged)
+        config = OmegaConf.to_object(merged)
+        check = getattr(config, "check", None)
+        if callable(check):  # value checks (ranges, choices): before any data are loaded
+            check()
+        return config

@@ -93,3 +93,73 @@ def test_bad_values_fail_naming_key(override, key):
     cfg = compose_config([override])
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+# --- values checked before any work (issue: one source of truth) -----------------------------
+
+BAD_VALUES = [
+    ("denoise=guider", "denoise.kd.type=foo", "denoise.kd.type"),
+    ("denoise=guider", "denoise.amsc.rho_max=-1", "denoise.amsc.rho_max"),
+    ("denoise=guider", "denoise.kd.candidates=popular", "denoise.kd.candidates"),
+    ("denoise=guider", "denoise.teacher.n_layers=-1", "backbone.n_layers"),
+    ("denoise=tce", "denoise.drop_rate=1.5", "denoise.drop_rate"),
+    ("denoise=rce", "denoise.beta=-1", "denoise.beta"),
+    ("denoise=dcf", "denoise.window_epochs=0", "denoise.window_epochs"),
+    ("denoise=deca", "denoise.alpha=2", "denoise.alpha"),
+    ("denoise=bod", "denoise.generator_dim=0", "denoise.generator_dim"),
+    ("denoise=oracle", "denoise.false_weight=2", "denoise.false_weight"),
+    ("backbone=freedom", "backbone.dropout=1.5", "backbone.dropout"),
+    ("backbone=lightgcn", "backbone.n_layers=-1", "backbone.n_layers"),
+    ("backbone=mf", "backbone.embedding_dim=0", "backbone.embedding_dim"),
+    ("backbone=vbpr", "backbone.visual_dim=0", "backbone.visual_dim"),
+    ("backbone=lattice", "backbone.knn_k=0", "backbone.knn_k"),
+    ("backbone=lgmrec", "backbone.n_hyperedges=0", "backbone.n_hyperedges"),
+    ("backbone=mgcn", "backbone.knn_k=0", "backbone.knn_k"),
+    ("backbone=smore", "backbone.knn_k_default=0", "backbone.knn_k_default"),
+    ("backbone=bm3", "backbone.n_layers=-1", "backbone.n_layers"),
+    ("backbone=freedom", "backbone.feature_precision=fp8", "backbone.feature_precision"),
+    ("noise=random", "noise.ratio=1.5", "noise.ratio"),
+]
+
+
+@pytest.mark.parametrize("group, bad, key", BAD_VALUES, ids=[b for _, b, _ in BAD_VALUES])
+def test_bad_values_fail_before_any_data_are_loaded(tiny_cfg, monkeypatch, group, bad, key):
+    import guider.pipeline as pipeline
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the data were loaded before the bad value was refused")
+
+    monkeypatch.setattr(pipeline, "load_data", no_load)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        pipeline.prepare(tiny_cfg(group, bad))
+
+
+def _flat(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and key != "modality_weights":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("group", ["backbone", "denoise"])
+def test_every_yaml_default_equals_its_schema_default(group):
+    """One source of defaults: a key's value in conf/<group>/<name>.yaml is its schema's default
+    (so a model built from its dataclass, e.g. a teacher or an auxiliary model, is the model the
+    yaml describes)."""
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    registry = BACKBONES if group == "backbone" else DENOISERS
+    drift = []
+    for path in sorted((Path(CONF_DIR) / group).glob("*.yaml")):
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        node.pop("defaults", None)
+        schema = _flat(asdict(registry.get(node["name"]).schema()))
+        for key, value in _flat(node).items():
+            if key not in schema or schema[key] != value:
+                drift.append(f"{path.name}: {key} = {value!r}, schema {schema.get(key, 'absent')!r}")
+    assert not drift, drift

@@ -33,6 +33,16 @@ class BackboneConfig:
     # ignore it (docs/backbones.md, "Speed and memory").
     feature_precision: str = "float32"
 
+    def check(self) -> None:
+        """Value checks (ranges, choices): run by the registry when the config is validated,
+        before any data are loaded, and by ``Backbone.__init__``. A model with keys of its own
+        extends it (``super().check()`` first)."""
+        if self.feature_precision not in FEATURE_PRECISIONS:
+            raise ValueError(f"backbone.feature_precision={self.feature_precision!r}: choose one "
+                             f"of {', '.join(FEATURE_PRECISIONS)}")
+        require_at_least(self, 1, "embedding_dim")
+        require_at_least(self, 0, "reg_weight")
+
 
 @dataclass
 class Losses:
@@ -73,9 +83,7 @@ class Backbone(nn.Module):
                 f"choose an ID-only backbone (mf, lightgcn)"
             )
         self.modalities: list[str] = list(getattr(data, "features", {}))
-        if cfg.feature_precision not in FEATURE_PRECISIONS:
-            raise ValueError(f"backbone.feature_precision={cfg.feature_precision!r}: choose one of "
-                             f"{', '.join(FEATURE_PRECISIONS)}")
+        cfg.check()
         self.feature_dtype = FEATURE_PRECISIONS[cfg.feature_precision]
         self._batch_cache: tuple[weakref.ref, torch.Tensor, torch.Tensor] | None = None
 

@@ -69,6 +69,10 @@ class BM3Config(BackboneConfig):
     align_weight: float = 1.0
     item_residual: bool = True
 
+    def check(self) -> None:
+        super().check()
+        check_config(self)
+
 
 def check_config(cfg: BM3Config) -> None:
     if not 0.0 <= cfg.dropout < 1.0:
@@ -88,7 +92,6 @@ class BM3(Backbone):
 
     def __init__(self, cfg: BM3Config, data: Interactions):
         super().__init__(cfg, data)
-        check_config(cfg)
         n_users, n_items, d = data.n_users, data.n_items, cfg.embedding_dim
 
         self.embedding = nn.Embedding(n_users + n_items, d)  # users then items

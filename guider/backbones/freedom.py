@@ -71,6 +71,10 @@ class FreedomConfig(BackboneConfig):
     reg_weight: float = 0.0
     knn_block_size: int = 2048
 
+    def check(self) -> None:
+        super().check()
+        check_config(self)
+
 
 def mixing_weights(modalities: list[str], configured: dict[str, float]) -> list[float]:
     """alpha_m for the dataset's modalities (see the module docstring)."""
@@ -102,7 +106,6 @@ class Freedom(Backbone):
 
     def __init__(self, cfg: FreedomConfig, data: Interactions):
         super().__init__(cfg, data)
-        check_config(cfg)
         self.mix_weights = mixing_weights(self.modalities, dict(cfg.modality_weights))
         log.info("FREEDOM item-item graph weights: %s",
                  {m: round(w, 4) for m, w in zip(self.modalities, self.mix_weights)})

@@ -80,6 +80,10 @@ class LatticeConfig(BackboneConfig):
     rebuild: str = "epoch"
     knn_block_size: int = 2048
 
+    def check(self) -> None:
+        super().check()
+        check_config(self)
+
 
 def sym_norm_knn(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Values of D^-1/2 S D^-1/2 for a kNN graph stored as (values, indices) [n, k] rows, with D
@@ -112,7 +116,6 @@ class Lattice(Backbone):
 
     def __init__(self, cfg: LatticeConfig, data: Interactions):
         super().__init__(cfg, data)
-        check_config(cfg)
         n_users, n_items, d = data.n_users, data.n_items, cfg.embedding_dim
 
         self.embedding = nn.Embedding(n_users + n_items, d)  # users then items (one gather)

@@ -79,6 +79,10 @@ class LGMRecConfig(BackboneConfig):
     cl_temperature: float = 0.2
     reg_weight: float = 1e-6
 
+    def check(self) -> None:
+        super().check()
+        check_config(self)
+
 
 def check_config(cfg: LGMRecConfig) -> None:
     require_at_least(cfg, 1, "embedding_dim", "n_hyperedges")
@@ -106,7 +110,6 @@ class LGMRec(Backbone):
 
     def __init__(self, cfg: LGMRecConfig, data: Interactions):
         super().__init__(cfg, data)
-        check_config(cfg)
         d = cfg.embedding_dim
         self.init_id_embeddings(d)
         self.proj = nn.ModuleList()

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..data import Batch, Interactions
-from .base import BACKBONES, Backbone, BackboneConfig, Losses
+from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
 from .graphs import lightgcn_propagate
 from .losses import bpr_terms, l2_reg
 
@@ -18,6 +18,10 @@ from .losses import bpr_terms, l2_reg
 class LightGCNConfig(BackboneConfig):
     name: str = "lightgcn"
     n_layers: int = 3
+
+    def check(self) -> None:
+        super().check()
+        require_at_least(self, 0, "n_layers")
 
 
 @BACKBONES.register("lightgcn", LightGCNConfig)

@@ -15,6 +15,7 @@ from .losses import bpr_terms, l2_reg
 @dataclass
 class MFConfig(BackboneConfig):
     name: str = "mf"
+    reg_weight: float = 1e-2  # as conf/backbone/mf.yaml: reproduces the reference BPR on Baby
 
 
 @BACKBONES.register("mf", MFConfig)

@@ -61,6 +61,10 @@ class MGCNConfig(BackboneConfig):
     reg_weight: float = 1e-4
     knn_block_size: int = 2048
 
+    def check(self) -> None:
+        super().check()
+        check_config(self)
+
 
 def check_config(cfg: MGCNConfig) -> None:
     require_at_least(cfg, 1, "knn_k", "knn_block_size", "embedding_dim")
@@ -76,7 +80,6 @@ class MGCN(Backbone):
 
     def __init__(self, cfg: MGCNConfig, data: Interactions):
         super().__init__(cfg, data)
-        check_config(cfg)
         d = cfg.embedding_dim
         self.init_id_embeddings(d)
 

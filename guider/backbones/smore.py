@@ -97,6 +97,10 @@ class SMOREConfig(BackboneConfig):
     reg_weight: float = 1e-4
     knn_block_size: int = 2048
 
+    def check(self) -> None:
+        super().check()
+        check_config(self)
+
 
 def check_config(cfg: SMOREConfig) -> None:
     require_at_least(cfg, 1, "knn_k_default", "knn_block_size", "embedding_dim")
@@ -144,7 +148,6 @@ class SMORE(Backbone):
 
     def __init__(self, cfg: SMOREConfig, data: Interactions):
         super().__init__(cfg, data)
-        check_config(cfg)
         d = cfg.embedding_dim
         self.init_id_embeddings(d)
 

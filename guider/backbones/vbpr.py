@@ -75,6 +75,11 @@ class VBPRConfig(BackboneConfig):
     item_bias: bool = True
     feature_bias: bool = True
 
+    def check(self) -> None:
+        super().check()
+        require_at_least(self, 1, "embedding_dim", "visual_dim")
+        require_at_least(self, 0, "reg_weight", "proj_reg_weight")
+
 
 def concatenated_features(data: Interactions) -> torch.Tensor:
     """The dataset's modality features side by side (modality order of the dataset), float32."""
@@ -93,8 +98,6 @@ class VBPR(Backbone):
 
     def __init__(self, cfg: VBPRConfig, data: Interactions):
         super().__init__(cfg, data)
-        require_at_least(cfg, 1, "embedding_dim", "visual_dim")
-        require_at_least(cfg, 0, "reg_weight", "proj_reg_weight")
         feats = concatenated_features(data)
         self.register_buffer("feats", feats.to(self.feature_dtype), persistent=False)
         k, kv = cfg.embedding_dim, cfg.visual_dim

@@ -23,6 +23,10 @@ from ..registry import Registry
 class DenoiseConfig:
     name: str = MISSING
 
+    def check(self) -> None:
+        """Value checks (ranges, choices) of the denoiser's keys: run by the registry when the
+        config is validated, before any data are loaded, and by the denoiser's constructor."""
+
 
 class Denoiser:
     # True when ``scorers`` returns recommenders of its own: the trainer then keeps the
@@ -98,6 +102,15 @@ def check_choice(value: str, choices: Sequence[str], key: str) -> None:
     """Raise ``ValueError`` naming ``denoise.<key>`` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"denoise.{key}={value!r}: choose one of {', '.join(choices)}")
+
+
+def check_rate(value: float, key: str, upper_open: bool = True) -> None:
+    """Raise ``ValueError`` naming ``denoise.<key>`` unless 0 <= value < 1 (<= 1 when not
+    ``upper_open``)."""
+    ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
+    if not ok:
+        bound = "[0, 1)" if upper_open else "[0, 1]"
+        raise ValueError(f"denoise.{key}={value} must be in {bound}")
 
 
 DENOISERS: Registry[Denoiser] = Registry("denoise")

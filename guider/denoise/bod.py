@@ -76,8 +76,8 @@ from torch import nn
 from ..backbones import Backbone
 from ..data import Batch, Interactions
 from ..optim import make_adam
-from .base import DENOISERS, Denoiser, DenoiseConfig, check_choice
-from .tce import RunningScore, check_rate
+from .base import DENOISERS, Denoiser, DenoiseConfig, check_choice, check_rate
+from .tce import RunningScore
 
 OUTER_TARGETS = ("consensus", "alignment")
 
@@ -90,6 +90,18 @@ class BODConfig(DenoiseConfig):
     outer_every: int = 1  # one outer step every this many batches; 0 = none (untrained generator)
     outer_target: str = "consensus"  # consensus | alignment (the released code's comparison)
     score_momentum: float = 0.5  # detection only: EMA momentum of 1 - w per interaction
+
+    def check(self) -> None:
+        """Value checks, run when the config is validated (before any data are loaded)."""
+        check_choice(self.outer_target, OUTER_TARGETS, "outer_target")
+        if self.generator_dim < 1:
+            raise ValueError(f"denoise.generator_dim={self.generator_dim} must be >= 1")
+        if self.generator_lr < 0:
+            raise ValueError(f"denoise.generator_lr={self.generator_lr} must be >= 0")
+        if self.outer_every < 0:
+            raise ValueError(f"denoise.outer_every={self.outer_every} must be >= 0 "
+                             f"(0 = no outer steps)")
+        check_rate(self.score_momentum, "score_momentum")
 
 
 LOGIT_BOUND = 20.0
@@ -188,15 +200,7 @@ class BOD(Denoiser):
     def __init__(self, cfg: BODConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         super().__init__(cfg, data, backbone, device, seed)
-        check_choice(cfg.outer_target, OUTER_TARGETS, "outer_target")
-        if cfg.generator_dim < 1:
-            raise ValueError(f"denoise.generator_dim={cfg.generator_dim} must be >= 1")
-        if cfg.generator_lr < 0:
-            raise ValueError(f"denoise.generator_lr={cfg.generator_lr} must be >= 0")
-        if cfg.outer_every < 0:
-            raise ValueError(f"denoise.outer_every={cfg.outer_every} must be >= 0 "
-                             f"(0 = no outer steps)")
-        check_rate(cfg.score_momentum, "score_momentum")
+        cfg.check()
         self.backbone = backbone
         with torch.no_grad():
             users, items = backbone.final_embeddings()

@@ -48,8 +48,8 @@ import torch.nn.functional as F
 
 from ..backbones import Backbone
 from ..data import Batch, Interactions
-from .base import DENOISERS, Denoiser, DenoiseConfig, check_choice
-from .tce import check_rate, drop_rate_at, n_kept
+from .base import DENOISERS, Denoiser, DenoiseConfig, check_choice, check_rate
+from .tce import drop_rate_at, n_kept
 
 RELABEL = ("flip", "drop")
 KEPT, DROPPED, RELABELLED = 0, 1, 2
@@ -65,6 +65,20 @@ class DCFConfig(DenoiseConfig):
     window_epochs: int = 3  # epochs per time window of the damped loss mean (time_step)
     sigma2: float = 1.0e-4  # sigma^2 of the concentration bound
     sigma2_decay_epochs: int = 0  # 0: fixed sigma2; E: linear decay to 0 over E epochs
+
+    def check(self) -> None:
+        """Value checks, run when the config is validated (before any data are loaded)."""
+        check_rate(self.drop_rate, "drop_rate")
+        check_rate(self.relabel_ratio, "relabel_ratio", upper_open=False)
+        check_choice(self.relabel, RELABEL, "relabel")
+        if self.num_gradual < 0:
+            raise ValueError(f"denoise.num_gradual={self.num_gradual} must be >= 0")
+        if self.window_epochs < 1:
+            raise ValueError(f"denoise.window_epochs={self.window_epochs} must be >= 1")
+        if not 0.0 <= self.sigma2 < 1.0:
+            raise ValueError(f"denoise.sigma2={self.sigma2} must be in [0, 1)")
+        if self.sigma2_decay_epochs < 0:
+            raise ValueError(f"denoise.sigma2_decay_epochs={self.sigma2_decay_epochs} must be >= 0")
 
 
 def damp(loss: torch.Tensor) -> torch.Tensor:
@@ -84,17 +98,7 @@ class DCF(Denoiser):
     def __init__(self, cfg: DCFConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         super().__init__(cfg, data, backbone, device, seed)
-        check_rate(cfg.drop_rate, "drop_rate")
-        check_rate(cfg.relabel_ratio, "relabel_ratio", upper_open=False)
-        check_choice(cfg.relabel, RELABEL, "relabel")
-        if cfg.num_gradual < 0:
-            raise ValueError(f"denoise.num_gradual={cfg.num_gradual} must be >= 0")
-        if cfg.window_epochs < 1:
-            raise ValueError(f"denoise.window_epochs={cfg.window_epochs} must be >= 1")
-        if not 0.0 <= cfg.sigma2 < 1.0:
-            raise ValueError(f"denoise.sigma2={cfg.sigma2} must be in [0, 1)")
-        if cfg.sigma2_decay_epochs < 0:
-            raise ValueError(f"denoise.sigma2_decay_epochs={cfg.sigma2_decay_epochs} must be >= 0")
+        cfg.check()
         n = len(data.train)
         self.iteration = 0
         self.epoch = 0

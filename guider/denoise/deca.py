@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from ..backbones import BACKBONES, Backbone, build_backbone
 from ..data import Batch, Interactions
 from ..optim import make_adam
-from .base import DENOISERS, Denoiser, DenoiseConfig, check_choice
-from .tce import RunningScore, check_rate
+from .base import DENOISERS, Denoiser, DenoiseConfig, check_choice, check_rate
+from .tce import RunningScore
 
 CHANNELS = ("alternate", "dp", "dn")
 AUX_MODELS = ("mf", "lightgcn")
@@ -66,6 +66,14 @@ class DeCAConfig(DenoiseConfig):
     aux_dim: int = 32  # embedding size of g, h1 and h2
     aux_lr: float = 0.001  # Adam learning rate of g, h1 and h2
     score_momentum: float = 0.5  # detection only: EMA momentum of 1 - P(y=1) per interaction
+
+    def check(self) -> None:
+        """Value checks, run when the config is validated (before any data are loaded)."""
+        check_choice(self.channel, CHANNELS, "channel")
+        check_choice(self.aux_model, AUX_MODELS, "aux_model")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"denoise.alpha={self.alpha} must be in [0, 1]")
+        check_rate(self.score_momentum, "score_momentum")
 
 
 def bernoulli_kl(p_logit: torch.Tensor, q_logit: torch.Tensor) -> torch.Tensor:
@@ -108,11 +116,7 @@ class DeCA(Denoiser):
     def __init__(self, cfg: DeCAConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         super().__init__(cfg, data, backbone, device, seed)
-        check_choice(cfg.channel, CHANNELS, "channel")
-        check_choice(cfg.aux_model, AUX_MODELS, "aux_model")
-        if not 0.0 <= cfg.alpha <= 1.0:
-            raise ValueError(f"denoise.alpha={cfg.alpha} must be in [0, 1]")
-        check_rate(cfg.score_momentum, "score_momentum")
+        cfg.check()
         self.models = {"g": self._build(cfg.aux_model, seed + 7001),
                        "h1": self._build("mf", seed + 7002),
                        "h2": self._build("mf", seed + 7003)}

@@ -30,6 +30,10 @@ class OracleConfig(DenoiseConfig):
     false_weight: float = 0.0  # weight of an interaction labelled as injected noise
     graph: bool = False  # true: labelled interactions are also left out of the backbone's graphs
 
+    def check(self) -> None:
+        if not 0.0 <= self.false_weight <= 1.0:
+            raise ValueError(f"denoise.false_weight={self.false_weight}: must lie in [0, 1]")
+
 
 def require_labels(data: Interactions) -> None:
     if not data.has_noise_labels:
@@ -39,25 +43,20 @@ def require_labels(data: Interactions) -> None:
             f"dataset=synthetic (labelled by construction), or choose another denoiser.")
 
 
-def check_oracle(cfg: OracleConfig) -> None:
-    if not 0.0 <= cfg.false_weight <= 1.0:
-        raise ValueError(f"denoise.false_weight={cfg.false_weight}: must lie in [0, 1]")
-
-
 @DENOISERS.register("oracle", OracleConfig)
 class Oracle(Denoiser):
     """Weight ``false_weight`` on labelled noise, 1 elsewhere; optionally no noisy graph edges."""
 
     @classmethod
     def graph_edges(cls, cfg: OracleConfig, data: Interactions) -> np.ndarray | None:
-        check_oracle(cfg)
+        cfg.check()
         require_labels(data)
         return ~data.train_noise if cfg.graph else None
 
     def __init__(self, cfg: OracleConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         super().__init__(cfg, data, backbone, device, seed)
-        check_oracle(cfg)
+        cfg.check()
         require_labels(data)
         labels = torch.as_tensor(data.train_noise, dtype=torch.bool)
         self.omega = torch.where(labels, torch.tensor(float(cfg.false_weight)),

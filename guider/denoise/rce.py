@@ -26,8 +26,8 @@ import torch
 
 from ..backbones import Backbone
 from ..data import Batch, Interactions
-from .base import DENOISERS, Denoiser, DenoiseConfig
-from .tce import RunningScore, check_rate
+from .base import DENOISERS, Denoiser, DenoiseConfig, check_rate
+from .tce import RunningScore
 
 
 @dataclass
@@ -36,15 +36,19 @@ class RCEConfig(DenoiseConfig):
     beta: float = 0.2  # weight = confidence^beta; 0 = plain BPR
     score_momentum: float = 0.5  # detection only: EMA momentum of the per-interaction -confidence
 
+    def check(self) -> None:
+        """Value checks, run when the config is validated (before any data are loaded)."""
+        if self.beta < 0:
+            raise ValueError(f"denoise.beta={self.beta} must be >= 0 (it down-weights hard pairs)")
+        check_rate(self.score_momentum, "score_momentum")
+
 
 @DENOISERS.register("rce", RCEConfig)
 class RCE(Denoiser):
     def __init__(self, cfg: RCEConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         super().__init__(cfg, data, backbone, device, seed)
-        if cfg.beta < 0:
-            raise ValueError(f"denoise.beta={cfg.beta} must be >= 0 (it down-weights hard pairs)")
-        check_rate(cfg.score_momentum, "score_momentum")
+        cfg.check()
         self.neg_confidence = RunningScore(len(data.train), cfg.score_momentum, device)
 
     def weights(self, batch: Batch, main: torch.Tensor) -> torch.Tensor | None:

@@ -27,7 +27,7 @@ import torch
 
 from ..backbones import Backbone
 from ..data import Batch, Interactions
-from .base import DENOISERS, Denoiser, DenoiseConfig
+from .base import DENOISERS, Denoiser, DenoiseConfig, check_rate
 
 
 @dataclass
@@ -36,6 +36,13 @@ class TCEConfig(DenoiseConfig):
     drop_rate: float = 0.2  # maximum share of each batch dropped
     num_gradual: int = 30000  # iterations (batches) over which the drop rate rises to drop_rate
     score_momentum: float = 0.5  # detection only: EMA momentum of the per-interaction loss
+
+    def check(self) -> None:
+        """Value checks, run when the config is validated (before any data are loaded)."""
+        check_rate(self.drop_rate, "drop_rate")
+        check_rate(self.score_momentum, "score_momentum")
+        if self.num_gradual < 0:
+            raise ValueError(f"denoise.num_gradual={self.num_gradual} must be >= 0")
 
 
 def drop_rate_at(t: int, drop_rate: float, num_gradual: int) -> float:
@@ -57,13 +64,6 @@ def largest(values: torch.Tensor, k: int) -> torch.Tensor:
         order = torch.argsort(values, descending=True, stable=True)
         mask[order[:k]] = True
     return mask
-
-
-def check_rate(value: float, key: str, upper_open: bool = True) -> None:
-    ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
-    if not ok:
-        bound = "[0, 1)" if upper_open else "[0, 1]"
-        raise ValueError(f"denoise.{key}={value} must be in {bound}")
 
 
 class RunningScore:
@@ -103,10 +103,7 @@ class TCE(Denoiser):
     def __init__(self, cfg: TCEConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         super().__init__(cfg, data, backbone, device, seed)
-        check_rate(cfg.drop_rate, "drop_rate")
-        check_rate(cfg.score_momentum, "score_momentum")
-        if cfg.num_gradual < 0:
-            raise ValueError(f"denoise.num_gradual={cfg.num_gradual} must be >= 0")
+        cfg.check()
         n = len(data.train)
         self.iteration = 0
         self.loss = RunningScore(n, cfg.score_momentum, device)

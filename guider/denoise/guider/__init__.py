@@ -59,6 +59,16 @@ class GuiderConfig(DenoiseConfig):
         if not isinstance(self.teacher, BackboneConfig):
             self.teacher = validate_teacher(self.teacher)
 
+    def check(self) -> None:
+        """Value checks of every GUIDER key (the teacher's are checked by its own schema)."""
+        self.amsc.check()
+        self.kd.check()
+        if self.teacher_lr <= 0:
+            raise ValueError(f"denoise.teacher_lr={self.teacher_lr}: must be > 0")
+        if not 0.0 <= self.dbpr.false_weight <= 1.0:
+            raise ValueError(f"denoise.dbpr.false_weight={self.dbpr.false_weight}: must lie in "
+                             f"[0, 1]")
+
 
 def validate_teacher(node: Any) -> BackboneConfig:
     """The teacher's config node, typed by its backbone's schema; errors name denoise.teacher."""

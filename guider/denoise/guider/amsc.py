@@ -35,6 +35,21 @@ class AMSCConfig:
     user_cap: float = 1.0  # at most floor(user_cap x n_u) flags per user, lowest scores first
     score_ema: float = 0.0  # scores averaged over refreshes (c <- ema c_prev + (1 - ema) c)
 
+    def check(self) -> None:
+        """Value checks, run when the config is validated (before any data are loaded)."""
+        ranges = [("conf_k", self.conf_k >= 1, ">= 1"), ("conf_power", self.conf_power >= 0, ">= 0"),
+                  ("alpha_temp", self.alpha_temp > 0, "> 0"),
+                  ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
+                  ("rho_max", 0.0 <= self.rho_max < 1.0, "in [0, 1)"),
+                  ("refresh_every", self.refresh_every >= 1, ">= 1"),
+                  ("knn_block", self.knn_block >= 1, ">= 1"),
+                  ("conf_floor", 0.0 <= self.conf_floor <= 1.0, "in [0, 1]"),
+                  ("user_cap", 0.0 <= self.user_cap <= 1.0, "in [0, 1]"),
+                  ("score_ema", 0.0 <= self.score_ema < 1.0, "in [0, 1)")]
+        for key, ok, bound in ranges:
+            if not ok:
+                raise ValueError(f"denoise.amsc.{key}={getattr(self, key)}: must be {bound}")
+
 
 def rowwise_dot(a: torch.Tensor, rows_a: torch.Tensor, b: torch.Tensor,
                 rows_b: torch.Tensor) -> torch.Tensor:
@@ -121,12 +136,7 @@ class AMSC:
         self.n_u = torch.bincount(self.users, minlength=n_users).float()
         self.z = {m: centred_unit(torch.as_tensor(f)) for m, f in features.items()}
         self.conf = cross_modal_confidence(self.z, cfg.conf_k, cfg.knn_block)
-        if not 0.0 <= cfg.conf_floor <= 1.0:
-            raise ValueError(f"denoise.amsc.conf_floor={cfg.conf_floor}: must lie in [0, 1]")
-        if not 0.0 <= cfg.user_cap <= 1.0:
-            raise ValueError(f"denoise.amsc.user_cap={cfg.user_cap}: must lie in [0, 1]")
-        if not 0.0 <= cfg.score_ema < 1.0:
-            raise ValueError(f"denoise.amsc.score_ema={cfg.score_ema}: must lie in [0, 1)")
+        cfg.check()
         self.w = confidence_weights(self.conf, cfg.conf_power, cfg.conf_floor)
         self.previous: torch.Tensor | None = None  # the last refresh's scores (score_ema)
         gen = torch.Generator().manual_seed(seed)

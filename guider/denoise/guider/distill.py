@@ -41,6 +41,21 @@ class KDConfig:
     candidates: str = "batch"
     top_k: int = 20  # candidates=teacher: the teacher's top items per distilled user
     warmup_epochs: int = 0  # gamma ramps linearly from 0 to kd.weight over these epochs
+
+    def check(self) -> None:
+        """Value checks, run when the config is validated (before any data are loaded)."""
+        if self.type not in ("ot", "kl", "none"):
+            raise ValueError(f"denoise.kd.type={self.type!r}: choose ot, kl or none")
+        if self.candidates not in CANDIDATES:
+            raise ValueError(f"denoise.kd.candidates={self.candidates!r}: choose one of "
+                             f"{', '.join(CANDIDATES)}")
+        ranges = [("weight", self.weight >= 0, ">= 0"), ("users", self.users >= 1, ">= 1"),
+                  ("items", self.items >= 1, ">= 1"), ("top_k", self.top_k >= 1, ">= 1"),
+                  ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"), ("tau", self.tau > 0, "> 0"),
+                  ("eps", self.eps > 0, "> 0"), ("sinkhorn_iters", self.sinkhorn_iters >= 1, ">= 1")]
+        for key, ok, bound in ranges:
+            if not ok:
+                raise ValueError(f"denoise.kd.{key}={getattr(self, key)}: must be {bound}")
     tau: float = 1.0
     eps: float = 0.05
     sinkhorn_iters: int = 20
@@ -123,14 +138,7 @@ def step_bytes(cfg: KDConfig, n_items: int) -> int:
 
 class Distiller:
     def __init__(self, cfg: KDConfig, n_items: int, seed: int):
-        if cfg.type not in ("ot", "kl", "none"):
-            raise ValueError(f"denoise.kd.type={cfg.type!r}: choose ot, kl or none")
-        if cfg.candidates not in CANDIDATES:
-            raise ValueError(f"denoise.kd.candidates={cfg.candidates!r}: choose one of "
-                             f"{', '.join(CANDIDATES)}")
-        if cfg.top_k < 1 or cfg.warmup_epochs < 0:
-            raise ValueError(f"denoise.kd.top_k={cfg.top_k} must be >= 1 and "
-                             f"denoise.kd.warmup_epochs={cfg.warmup_epochs} >= 0")
+        cfg.check()
         if cfg.type != "none":
             knob = ("denoise.kd.users (or candidates=batch|teacher)" if cfg.candidates == "all"
                     else "denoise.kd.items and denoise.kd.users")
