@@ -119,70 +119,78 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
         io.write_text(Path(run_dir) / "history.csv", pd.DataFrame(history).to_csv(index=False))
 
 
-def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainConfig,
-        evalc: EvalConfig, device: torch.device, seed: int, run_dir: Path,
-        fingerprint: dict | None = None,
-        on_epoch_end: Callable[[int], None] | None = None) -> FitResult:
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    generator = torch.Generator().manual_seed(seed)
-    sampler = BPRSampler(data.train.users, data.train.items, data.n_items, train.batch_size,
-                         generator, device)
-    optimizer = make_adam(model.parameters(), train.lr)
-    valid_set, test_set, eval_sample = build_eval_sets(data, evalc)
-    state = TrainState()
-    best_model = None
-    best_denoiser = None
-    best_edge_weights = None  # the denoiser's graph weights the model held at its best epoch
+@dataclass
+class BestState:
+    """What the run held at its best evaluation: the model's weights, the denoiser's state
+    (denoisers with recommenders of their own only) and the graph weights the model held."""
 
-    if train.resume:
-        last = ckpt_dir / "last.pt"
-        if last.is_file():
-            ck = torch.load(last, map_location=device, weights_only=False)
-            check_resumable(ck, fingerprint, last)
-            model.load_state_dict(ck["model"])
-            optimizer.load_state_dict(ck["optimizer"])
-            denoiser.load_state_dict(ck["denoiser"])
-            generator.set_state(ck["generator"].cpu())  # RNG states stay on the CPU
-            torch.set_rng_state(ck["torch_rng"].cpu())
-            state = TrainState(**ck["state"])
-            if state.finished and not state.stop_reason:
-                # written before stop_reason existed, when only early stopping finished a run
-                state.stop_reason = "early_stopping"
-            best_path = ckpt_dir / "best.pt"
-            if best_path.is_file():
-                best = torch.load(best_path, map_location=device, weights_only=False)
-                best_model, best_denoiser = best["model"], best.get("denoiser")
-                best_edge_weights = best.get("edge_weights")
-            log.info("resumed from %s at epoch %d", last, state.epoch)
-        else:
+    model: dict | None = None
+    denoiser: dict | None = None
+    edge_weights: torch.Tensor | None = None
+
+
+class Trainer:
+    """One training run: the sampler, optimiser and evaluation sets, the run state (epoch
+    counters, early stopping, timings) and the best state; ``run`` trains to the end and
+    evaluates the best state once on valid and test."""
+
+    def __init__(self, model: Backbone, denoiser: Denoiser, data: Interactions,
+                 train: TrainConfig, evalc: EvalConfig, device: torch.device, seed: int,
+                 run_dir: Path, fingerprint: dict | None = None):
+        self.model, self.denoiser, self.train, self.evalc = model, denoiser, train, evalc
+        self.device, self.fingerprint = device, fingerprint
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.generator = torch.Generator().manual_seed(seed)
+        self.sampler = BPRSampler(data.train.users, data.train.items, data.n_items,
+                                  train.batch_size, self.generator, device)
+        self.optimizer = make_adam(model.parameters(), train.lr)
+        self.valid_set, self.test_set, self.eval_sample = build_eval_sets(data, evalc)
+        self.state = TrainState()
+        self.best = BestState()
+        self.applied_weights: torch.Tensor | None = None  # the denoiser's graph weights held
+
+    # -- resume -------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Continue from checkpoints/last.pt (and best.pt) when it exists."""
+        last = self.ckpt_dir / "last.pt"
+        if not last.is_file():
             log.warning("train.resume=true but %s does not exist; starting from scratch", last)
+            return
+        ck = torch.load(last, map_location=self.device, weights_only=False)
+        check_resumable(ck, self.fingerprint, last)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.denoiser.load_state_dict(ck["denoiser"])
+        self.generator.set_state(ck["generator"].cpu())  # RNG states stay on the CPU
+        torch.set_rng_state(ck["torch_rng"].cpu())
+        self.state = TrainState(**ck["state"])
+        if self.state.finished and not self.state.stop_reason:
+            # written before stop_reason existed, when only early stopping finished a run
+            self.state.stop_reason = "early_stopping"
+        best_path = self.ckpt_dir / "best.pt"
+        if best_path.is_file():
+            best = torch.load(best_path, map_location=self.device, weights_only=False)
+            self.best = BestState(best["model"], best.get("denoiser"), best.get("edge_weights"))
+        log.info("resumed from %s at epoch %d", last, self.state.epoch)
 
-    state.sessions += 1
-    seconds_previous, t_session = state.seconds_wall, time.perf_counter()
-    metric = evalc.valid_metric
-    budget_s = 60.0 * train.max_minutes
-    bar = tqdm(range(state.epoch, train.epochs), initial=state.epoch, total=train.epochs,
-               desc="epochs", disable=not train.progress, dynamic_ncols=True)
-    applied_weights: torch.Tensor | None = None  # the denoiser's graph weights the model holds
-    for epoch in bar:
-        if state.finished:
-            break
-        if budget_s and state.seconds_train + state.seconds_eval >= budget_s:
-            state.finished, state.stop_reason = True, "time_budget"
-            log.info("time budget of train.max_minutes=%g spent after %d epochs: stopping",
-                     train.max_minutes, state.epoch)
-            break
+    # -- one epoch ----------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> float:
+        """The denoiser's epoch hook, its graph weights, the model's epoch hook, then one pass
+        over the training interactions. Returns the mean training loss."""
+        model, denoiser = self.model, self.denoiser
         t0 = time.perf_counter()
         denoiser.on_epoch(epoch)
         graph_weights = denoiser.edge_weights()
-        if graph_weights is not None and graph_weights is not applied_weights:
+        if graph_weights is not None and graph_weights is not self.applied_weights:
             model.set_edge_weights(graph_weights)  # before pre_epoch: FREEDOM prunes with them
-            applied_weights = graph_weights
+            self.applied_weights = graph_weights
         model.pre_epoch(epoch)
         model.train()
         loss_sum, n_batches = 0.0, 0
-        for batch in sampler.epoch():
+        for batch in self.sampler.epoch():
             denoiser.step(batch)  # the denoiser's own models first (GUIDER's teacher)
             losses = model.losses(batch)
             weights = denoiser.weights(batch, losses.main.detach())
@@ -190,84 +198,136 @@ def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainCon
                      **denoiser.extra_loss(batch, model)}
             loss = sum(terms.values())
             if not torch.isfinite(loss):
-                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-                raise NonFiniteLoss(
-                    f"loss became {float(loss.detach())} at epoch {epoch}, batch {n_batches} ({parts}). "
-                    f"Lower train.lr or the regularisation, and check the item features for extreme "
-                    f"values. Checkpoints saved so far are in {ckpt_dir}."
-                )
-            optimizer.zero_grad(set_to_none=True)
+                self.refuse_non_finite(loss, terms, epoch, n_batches)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
             loss_sum += float(loss.detach())
             n_batches += 1
-        state.seconds_train += time.perf_counter() - t0
-        epoch_loss = loss_sum / max(n_batches, 1)
-        state.epoch = epoch + 1
+        self.state.seconds_train += time.perf_counter() - t0
+        self.state.epoch = epoch + 1
+        return loss_sum / max(n_batches, 1)
 
-        if (epoch + 1) % train.eval_every == 0 or epoch + 1 == train.epochs:
-            t1 = time.perf_counter()
-            model.eval()
-            valid = evaluate(model.scorer(), valid_set, evalc.topk, evalc.batch_users, device)
-            state.seconds_eval += time.perf_counter() - t1
-            state.history.append({"epoch": epoch, "loss": epoch_loss, **valid})
-            value = valid.get(metric, -math.inf)
-            if value > state.best_value:
-                state.best_value, state.best_epoch, state.bad_evals = value, epoch, 0
-                best_model = copy.deepcopy(model.state_dict())
-                best_edge_weights = applied_weights
-                if denoiser.has_scorers:
-                    best_denoiser = copy.deepcopy(denoiser.state_dict())
-                if train.save_checkpoints:
-                    io.torch_save(ckpt_dir / "best.pt", {"model": best_model, "epoch": epoch,
-                                                         "denoiser": best_denoiser,
-                                                         "edge_weights": best_edge_weights})
-            else:
-                state.bad_evals += 1
-            bar.set_postfix(loss=f"{epoch_loss:.4f}", **{metric: f"{value:.4f}"},
-                            best=f"{state.best_value:.4f}@{state.best_epoch}")
-            log.info("epoch %d loss %.5f %s %.5f (best %.5f at epoch %d)", epoch, epoch_loss,
-                     metric, value, state.best_value, state.best_epoch)
-            if state.bad_evals >= train.patience:
-                state.finished, state.stop_reason = True, "early_stopping"
-                log.info("early stop: no %s improvement in %d evaluations", metric, train.patience)
-            write_history(run_dir, state.history)  # a long run can be watched as it goes
-        state.seconds_wall = seconds_previous + time.perf_counter() - t_session
-        if train.save_checkpoints:
-            io.torch_save(ckpt_dir / "last.pt", {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "denoiser": denoiser.state_dict(), "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "state": asdict(state),
-                "fingerprint": fingerprint, "edge_weights": applied_weights,
-            })
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
-        if state.finished:
-            break
-    bar.close()
+    def refuse_non_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], epoch: int,
+                          batch: int) -> None:
+        parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        raise NonFiniteLoss(
+            f"loss became {float(loss.detach())} at epoch {epoch}, batch {batch} ({parts}). "
+            f"Lower train.lr or the regularisation, and check the item features for extreme "
+            f"values. Checkpoints saved so far are in {self.ckpt_dir}."
+        )
 
-    if best_model is not None:
-        model.load_state_dict(best_model)
-        if best_edge_weights is not None:
-            model.set_edge_weights(best_edge_weights)
-    model.eval()
-    t1 = time.perf_counter()
-    scorer = model.scorer()
-    valid = evaluate(scorer, valid_set, evalc.topk, evalc.batch_users, device)
-    test = evaluate(scorer, test_set, evalc.topk, evalc.batch_users, device)
-    seconds_final = time.perf_counter() - t1
-    return FitResult(
-        best_epoch=state.best_epoch,
-        epochs_run=state.epoch,
-        valid=valid,
-        test=test,
-        history=state.history,
-        seconds={"train": state.seconds_train, "eval": state.seconds_eval + seconds_final},
-        stopped_early=state.stop_reason == "early_stopping",
-        stop_reason=state.stop_reason or "max_epochs",
-        eval_excluded={"valid": valid_set.excluded, "test": test_set.excluded},
-        eval_sample=eval_sample,
-        best_denoiser=best_denoiser,
-        sessions=state.sessions,
-        seconds_previous=seconds_previous,
-    )
+    def validate(self, epoch: int, epoch_loss: float, bar: tqdm) -> None:
+        """Evaluate on valid, keep the best state, count towards early stopping."""
+        state, evalc, metric = self.state, self.evalc, self.evalc.valid_metric
+        t1 = time.perf_counter()
+        self.model.eval()
+        valid = evaluate(self.model.scorer(), self.valid_set, evalc.topk, evalc.batch_users,
+                         self.device)
+        state.seconds_eval += time.perf_counter() - t1
+        state.history.append({"epoch": epoch, "loss": epoch_loss, **valid})
+        value = valid.get(metric, -math.inf)
+        if value > state.best_value:
+            state.best_value, state.best_epoch, state.bad_evals = value, epoch, 0
+            self.keep_best(epoch)
+        else:
+            state.bad_evals += 1
+        bar.set_postfix(loss=f"{epoch_loss:.4f}", **{metric: f"{value:.4f}"},
+                        best=f"{state.best_value:.4f}@{state.best_epoch}")
+        log.info("epoch %d loss %.5f %s %.5f (best %.5f at epoch %d)", epoch, epoch_loss,
+                 metric, value, state.best_value, state.best_epoch)
+        if state.bad_evals >= self.train.patience:
+            state.finished, state.stop_reason = True, "early_stopping"
+            log.info("early stop: no %s improvement in %d evaluations", metric,
+                     self.train.patience)
+        write_history(self.run_dir, state.history)  # a long run can be watched as it goes
+
+    def keep_best(self, epoch: int) -> None:
+        best = self.best
+        best.model = copy.deepcopy(self.model.state_dict())
+        best.edge_weights = self.applied_weights
+        if self.denoiser.has_scorers:
+            best.denoiser = copy.deepcopy(self.denoiser.state_dict())
+        if self.train.save_checkpoints:
+            io.torch_save(self.ckpt_dir / "best.pt", {"model": best.model, "epoch": epoch,
+                                                      "denoiser": best.denoiser,
+                                                      "edge_weights": best.edge_weights})
+
+    def save_last(self) -> None:
+        io.torch_save(self.ckpt_dir / "last.pt", {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "denoiser": self.denoiser.state_dict(), "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "state": asdict(self.state),
+            "fingerprint": self.fingerprint, "edge_weights": self.applied_weights,
+        })
+
+    def out_of_time(self) -> bool:
+        budget_s = 60.0 * self.train.max_minutes
+        state = self.state
+        if budget_s and state.seconds_train + state.seconds_eval >= budget_s:
+            state.finished, state.stop_reason = True, "time_budget"
+            log.info("time budget of train.max_minutes=%g spent after %d epochs: stopping",
+                     self.train.max_minutes, state.epoch)
+            return True
+        return False
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self, on_epoch_end: Callable[[int], None] | None = None) -> FitResult:
+        train, state = self.train, self.state
+        if train.resume:
+            self.resume()
+            state = self.state
+        state.sessions += 1
+        seconds_previous, t_session = state.seconds_wall, time.perf_counter()
+        bar = tqdm(range(state.epoch, train.epochs), initial=state.epoch, total=train.epochs,
+                   desc="epochs", disable=not train.progress, dynamic_ncols=True)
+        for epoch in bar:
+            if state.finished or self.out_of_time():
+                break
+            epoch_loss = self.train_epoch(epoch)
+            if (epoch + 1) % train.eval_every == 0 or epoch + 1 == train.epochs:
+                self.validate(epoch, epoch_loss, bar)
+            state.seconds_wall = seconds_previous + time.perf_counter() - t_session
+            if train.save_checkpoints:
+                self.save_last()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+            if state.finished:
+                break
+        bar.close()
+        return self.final_evaluation(seconds_previous)
+
+    def final_evaluation(self, seconds_previous: float) -> FitResult:
+        """Valid and test, once, at the best state (its graph weights included)."""
+        model, best, state, evalc = self.model, self.best, self.state, self.evalc
+        if best.model is not None:
+            model.load_state_dict(best.model)
+            if best.edge_weights is not None:
+                model.set_edge_weights(best.edge_weights)
+        model.eval()
+        t1 = time.perf_counter()
+        scorer = model.scorer()
+        valid = evaluate(scorer, self.valid_set, evalc.topk, evalc.batch_users, self.device)
+        test = evaluate(scorer, self.test_set, evalc.topk, evalc.batch_users, self.device)
+        seconds_final = time.perf_counter() - t1
+        return FitResult(
+            best_epoch=state.best_epoch, epochs_run=state.epoch, valid=valid, test=test,
+            history=state.history,
+            seconds={"train": state.seconds_train, "eval": state.seconds_eval + seconds_final},
+            stopped_early=state.stop_reason == "early_stopping",
+            stop_reason=state.stop_reason or "max_epochs",
+            eval_excluded={"valid": self.valid_set.excluded, "test": self.test_set.excluded},
+            eval_sample=self.eval_sample, best_denoiser=best.denoiser, sessions=state.sessions,
+            seconds_previous=seconds_previous,
+        )
+
+
+def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainConfig,
+        evalc: EvalConfig, device: torch.device, seed: int, run_dir: Path,
+        fingerprint: dict | None = None,
+        on_epoch_end: Callable[[int], None] | None = None) -> FitResult:
+    """Train ``model`` with ``denoiser`` to early stopping (``Trainer``); the result holds valid
+    and test at the best-validation state."""
+    trainer = Trainer(model, denoiser, data, train, evalc, device, seed, run_dir, fingerprint)
+    return trainer.run(on_epoch_end)
