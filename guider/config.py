@@ -160,51 +160,6 @@ def register_schemas() -> None:
     ConfigStore.instance().store(name="guider_schema", node=RootConfig)
 
 
-# dataset keys that change nothing while synthetic_features is false (they were added after runs
-# existed): then they are left out of a run's identity (the sweep config hash, the resume
-# fingerprint), so older run folders are still found and older checkpoints still resume.
-SYNTHETIC_FEATURE_KEYS = ("synthetic_features", "feature_dims", "synthetic_features_seed")
-
-
-# Keys added for large-scale runs, with the value that reproduces the earlier behaviour: at that
-# value they are left out of a run's identity too (``drop_neutral``).
-SCALE_NEUTRAL = {"dataset.synthetic.n_interactions": 0, "dataset.synthetic.candidates": 0,
-                 "eval.sample_users": 0, "eval.sample_seed": 0, "train.max_minutes": 0.0,
-                 "backbone.feature_precision": "float32", "noise.per_user": False,
-                 "eval.exclude_cold": "train"}
-
-
-def drop_neutral(data: dict, prefix: str = "") -> dict:
-    """A copy of a plain config dict (the node at ``prefix``, e.g. "dataset", when given)
-    without the SCALE_NEUTRAL keys that hold their neutral value."""
-    out = dict(data)
-    for path, neutral in SCALE_NEUTRAL.items():
-        if prefix:
-            if not path.startswith(prefix + "."):
-                continue
-            path = path[len(prefix) + 1:]
-        *parents, leaf = path.split(".")
-        node = out
-        for key in parents:
-            if not isinstance(node.get(key), dict):
-                break
-            node[key] = dict(node[key])
-            node = node[key]
-        else:
-            if leaf in node and node[leaf] == neutral:
-                del node[leaf]
-    return out
-
-
-def dataset_identity(dataset: dict) -> dict:
-    """A copy of a plain dataset dict without SYNTHETIC_FEATURE_KEYS unless synthetic_features
-    (nor the dataset's SCALE_NEUTRAL keys at their neutral value)."""
-    if dataset.get("synthetic_features"):
-        return drop_neutral(dataset, "dataset")
-    return drop_neutral({k: v for k, v in dataset.items() if k not in SYNTHETIC_FEATURE_KEYS},
-                        "dataset")
-
-
 METRIC_NAMES = ("Recall", "NDCG", "Precision", "MAP")
 DEVICES = ("auto", "cpu", "cuda")
 NOISE_TYPES = ("none", "random", "popular", "modal")

@@ -9,7 +9,7 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -21,7 +21,8 @@ from . import __version__, io
 from ._malloc import tune_malloc
 from .backbones import BACKBONES, Backbone, build_backbone
 from .backbones.cache import GraphCache, interactions_digest, use_graph_cache
-from .config import DatasetConfig, RootConfig, check_common, dataset_identity, drop_neutral
+from .config import DatasetConfig, RootConfig, check_common
+from .identity import run_fingerprint
 from .data import Interactions, dataset_folder, load_data
 from .denoise import DENOISERS, Denoiser, build_denoiser
 from .evaluation import evaluate
@@ -96,23 +97,6 @@ class Job:
     device: torch.device
     fingerprint: dict
     dataset_cfg: DatasetConfig | None = None
-
-
-def run_fingerprint(root: RootConfig, dataset: DatasetConfig, noise, backbone_cfg,
-                    denoise_cfg) -> dict:
-    """What a checkpoint must have been written with to be resumed (from the config alone)."""
-    fingerprint = {
-        "seed": root.seed, "dataset": dataset_identity(asdict(dataset)),
-        "noise": drop_neutral(asdict(noise), "noise"),
-        "backbone": drop_neutral(asdict(backbone_cfg), "backbone"), "denoise": asdict(denoise_cfg),
-        "batch_size": root.train.batch_size, "lr": root.train.lr,
-        "eval_every": root.train.eval_every,
-    }
-    if root.eval.sample_users:  # absent at 0, so older checkpoints still resume
-        fingerprint["eval_sample"] = [root.eval.sample_users, root.eval.sample_seed]
-    if root.eval.exclude_cold != "train":  # likewise
-        fingerprint["exclude_cold"] = root.eval.exclude_cold
-    return fingerprint
 
 
 def prepare(cfg: DictConfig) -> Job:

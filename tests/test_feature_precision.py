@@ -82,7 +82,7 @@ def test_default_precision_leaves_run_identity_unchanged(tiny_cfg):
     from omegaconf import OmegaConf
 
     from guider.pipeline import prepare
-    from guider.reporting.runs import config_hash
+    from guider.identity import config_hash
 
     c = tiny_cfg("backbone=freedom")
     plain = OmegaConf.to_container(c, resolve=True)

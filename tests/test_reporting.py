@@ -14,10 +14,11 @@ import yaml
 from omegaconf import OmegaConf
 
 from guider.reporting.callback import SummaryCallback
-from guider.reporting.runs import (auto_threads, config_hash, prepare_sweep_job, run_id)
+from guider.identity import config_hash, run_id
+from guider.reporting.runs import auto_threads, prepare_sweep_job
 from guider.reporting.summary import collect_runs, summarize
 
-from .conftest import TINY, compose_config
+from .conftest import REPO, TINY, compose_config
 
 
 def hydra_cfg(*overrides: str):
@@ -484,3 +485,32 @@ def test_teacher_choice_is_a_denoiser_column_and_its_default_is_the_plain_refere
                                                                             "denoise.teacher"]
     assert _at_default("guider", "denoise.teacher", "lightgcn")
     assert not _at_default("guider", "denoise.teacher", "freedom")
+
+
+def test_one_identity_for_hash_fingerprint_and_summary():
+    from guider.identity import is_setting_column
+
+    assert not any(is_setting_column(k) for k in (
+        "threads", "train.progress", "graph_cache.dir", "eval.save_topk", "data_dir",
+        "experiment", "hydra.sweep.dir"))
+    assert all(is_setting_column(k) for k in ("device", "seed", "backbone.knn_k",
+                                              "denoise/teacher", "experiment/variant"))
+
+
+def test_guider_runs_keep_the_identity_they_had_before_the_teacher_group():
+    """A GUIDER run written before the teacher group (teacher: lightgcn, teacher_dim, ...) hashes
+    to the name of its folder, and so does the same run composed today."""
+    run = (REPO / "docs" / "results" / "tiktok_random0.2" / "runs" /
+           "tiktok-freedom-guider-random0.2-seed0-66d2ddc3fa5e")
+    if not run.is_dir():
+        pytest.skip(f"{run} is not in this checkout")
+    saved = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+    assert saved["denoise"]["teacher"] == "lightgcn"  # the older form
+    today = compose_config(["dataset=tiktok", "data_dir=/work/shared/data", "noise=random",
+                            "noise.ratio=0.2", "train.patience=50", "train.progress=false",
+                            "backbone=freedom", "denoise=guider", "seed=0"])
+    assert config_hash(saved) == config_hash(today) == "66d2ddc3fa5e"
+    other = compose_config(["dataset=tiktok", "data_dir=/work/shared/data", "noise=random",
+                            "noise.ratio=0.2", "train.patience=50", "train.progress=false",
+                            "backbone=freedom", "denoise=guider", "seed=0", "denoise.graph=true"])
+    assert config_hash(other) != config_hash(today)

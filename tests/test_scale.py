@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from guider.config import ModalityConfig, SyntheticConfig, drop_neutral
+from guider.config import ModalityConfig, SyntheticConfig
+from guider.identity import drop_neutral
 from guider.data import DataError, generate
 from guider.data.sampling import contains_sorted, sorted_unique
 from guider.data.synthetic import PopularitySampler, adjust_total, descending_key, split_counts
@@ -356,7 +357,7 @@ def test_new_keys_at_their_defaults_leave_run_identity_unchanged(tiny_cfg):
     from omegaconf import OmegaConf
 
     from guider.pipeline import prepare
-    from guider.reporting.runs import config_hash
+    from guider.identity import config_hash
 
     c = tiny_cfg()
     plain = OmegaConf.to_container(c, resolve=True)

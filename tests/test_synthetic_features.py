@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from guider.config import DatasetConfig, NoiseConfig, dataset_identity
+from guider.config import DatasetConfig, NoiseConfig
+from guider.identity import dataset_identity
 from guider.data import DataError, load_data
 from guider.data.loader import SYNTHETIC_FEATURE_DIMS, synthetic_features
 from guider.pipeline import run, validate
-from guider.reporting.runs import config_hash
+from guider.identity import config_hash
 
 from .conftest import SHORT, compose_config
 from .test_loader import write_inter

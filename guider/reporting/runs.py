@@ -3,84 +3,17 @@ completed runs, resuming interrupted ones, and torch threads per parallel job.""
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from ..config import dataset_identity, drop_neutral
+from ..identity import config_hash, run_id
 
 log = logging.getLogger("guider")
-
-# Keys that do not change what a run computes: they are left out of the config hash, so a run
-# resumed with train.resume=true, rerun without progress bars or with another graph cache keeps
-# its identity.
-HASH_EXCLUDE = ("hydra", "train.resume", "train.progress", "train.skip_completed", "threads",
-                "graph_cache", "eval.save_topk")
-
-
-def _plain(cfg: Any) -> dict:
-    """A resolved, plain-dict copy of a task config (without the ``hydra`` node)."""
-    if isinstance(cfg, DictConfig):
-        return {key: (OmegaConf.to_container(cfg[key], resolve=True)
-                      if OmegaConf.is_config(cfg[key]) else cfg[key])
-                for key in cfg.keys() if key != "hydra"}
-    return copy.deepcopy(dict(cfg))
-
-
-def config_hash(cfg: Any, length: int = 12) -> str:
-    """Hash of the resolved configuration, without the keys in ``HASH_EXCLUDE`` (nor the dataset
-    keys of ``guider.config.SYNTHETIC_FEATURE_KEYS`` while synthetic_features is off).
-
-    Accepts a DictConfig (the task config, or a full config with a ``hydra`` node) or the plain
-    dict of a saved ``config.yaml``; both give the same hash for the same run."""
-    data = _plain(cfg)
-    for dotted in HASH_EXCLUDE:
-        *parents, leaf = dotted.split(".")
-        node = data
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    if isinstance(data.get("dataset"), dict):
-        data["dataset"] = dataset_identity(data["dataset"])
-    data = drop_neutral(data)  # eval.sample_users=0 etc.: keys newer than older run folders
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(text)).strip("_") or "x"
-
-
-def run_id(cfg: Any, variant: str | None = None) -> str:
-    """Folder name of one run in a sweep: readable identity plus the config hash, e.g.
-    ``synthetic-lightgcn-guider-random0.2-seed1-3fa2c1d9e0b4``; with an experiment ``variant``
-    (the ablation's ``+experiment/variant=no_kd``) after the denoiser:
-    ``synthetic-freedom-guider-no_kd-none-seed0-<hash>``."""
-    plain = _plain(cfg)
-
-    def get(path: str, default: Any = "") -> Any:
-        node: Any = plain
-        for part in path.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return default
-            node = node[part]
-        return node
-
-    noise = str(get("noise.type", "none"))
-    if noise != "none":
-        noise += f"{get('noise.ratio', '')}"
-    parts = [get("dataset.name"), get("backbone.name"), get("denoise.name"), variant or "",
-             noise, f"seed{get('seed')}", config_hash(plain)]
-    return "-".join(_slug(p) for p in parts if p != "")
-
 
 def _run_id_resolver(*, _root_: DictConfig) -> str:
     try:

@@ -21,6 +21,8 @@ from typing import Any, Iterable
 import pandas as pd
 from omegaconf import OmegaConf
 
+from ..identity import is_setting_column
+
 log = logging.getLogger("guider")
 
 # Columns that name what a run is; shown when they vary across the runs of the folder.
@@ -32,8 +34,6 @@ IDENTITY = {
     "noise.ratio": "noise.ratio",
 }
 # Overrides that never change a result (resources, resuming, progress bars, paths).
-IGNORED_OVERRIDES = {"train.resume", "train.progress", "train.skip_completed", "threads",
-                     "experiment", "device"}
 # Metrics aggregated in summary.csv / summary.md: (column, label, higher is better).
 DEFAULT_METRICS = (
     ("valid.Recall@20", "valid Recall@20", True),
@@ -182,7 +182,7 @@ def collect_runs(root: str | Path, evaluation: str | None = None) -> tuple[pd.Da
     sources: dict[str, str | None] = {}  # extra column -> config key its value comes from
     for overrides in all_overrides:
         for key in overrides:
-            if key in IGNORED_OVERRIDES or key.split(".")[0] in ("hydra", "data_dir"):
+            if not is_setting_column(key):
                 continue
             column, source = _column_for(key, flat_keys)
             if column not in IDENTITY and column != "seed" and column not in sources:

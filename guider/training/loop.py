@@ -26,6 +26,7 @@ from ..config import EvalConfig, TrainConfig
 from ..data import BPRSampler, Interactions
 from ..denoise import Denoiser, weighted_mean
 from ..evaluation import EvalSet, build_eval_set, evaluate, sample_users
+from ..identity import comparable_fingerprint
 from ..optim import make_adam
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ class ResumeRefused(ValueError):
 
 def check_resumable(ck: dict, fingerprint: dict | None, last: Path) -> None:
     """Raise ``ResumeRefused`` unless checkpoint ``ck`` was written with ``fingerprint``."""
-    if fingerprint is not None and ck.get("fingerprint") != fingerprint:
-        diff = sorted(k for k in fingerprint if ck.get("fingerprint", {}).get(k) != fingerprint[k])
+    stored = comparable_fingerprint(ck.get("fingerprint")) or {}
+    if fingerprint is not None and stored != fingerprint:
+        diff = sorted(k for k in fingerprint if stored.get(k) != fingerprint[k])
         raise ResumeRefused(
             f"cannot resume from {last}: it was written with a different configuration "
             f"(differs in: {', '.join(diff)}). Resume with the same settings or start a new run "
