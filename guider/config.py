@@ -89,6 +89,16 @@ class NoiseConfig:
     # so the noise share no longer depends on the user's degree (docs/measuring.md)
     per_user: bool = False
 
+    def check(self) -> None:
+        """Value checks: run when the config is validated and by ``inject_noise``."""
+        if self.type not in NOISE_TYPES:
+            raise ValueError(f"noise.type={self.type!r}: choose one of {', '.join(NOISE_TYPES)}")
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"noise.ratio={self.ratio}: must lie in [0, 1)")
+        if self.per_user and self.type not in ("random", "popular"):
+            raise ValueError(f"noise.per_user=true applies to noise=random|popular, not "
+                             f"noise={self.type}; drop it or choose one of those")
+
 
 @dataclass
 class TrainConfig:
@@ -210,13 +220,7 @@ def check_common(cfg: DictConfig) -> tuple[RootConfig, DatasetConfig, NoiseConfi
             )
         if dim < 1:
             raise ValueError(f"dataset.feature_dims.{modality}={dim}: must be a positive integer")
-    if noise.type not in NOISE_TYPES:
-        raise ValueError(f"noise.type={noise.type!r}: choose one of {', '.join(NOISE_TYPES)}")
-    if not 0.0 <= noise.ratio < 1.0:
-        raise ValueError(f"noise.ratio={noise.ratio}: must lie in [0, 1)")
-    if noise.per_user and noise.type not in ("random", "popular"):
-        raise ValueError(f"noise.per_user=true applies to noise=random|popular, not "
-                         f"noise={noise.type}; drop it or choose one of those")
+    noise.check()
     t: TrainConfig = root.train
     for key in ("epochs", "batch_size", "eval_every", "patience"):
         if getattr(t, key) < 1:

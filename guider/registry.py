@@ -6,12 +6,22 @@ else needs to know about it.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
 T = TypeVar("T")
+
+
+def import_all(package: str, path: list[str]) -> None:
+    """Import every module and subpackage of ``package`` (their ``register`` calls fill the
+    registry), in name order so the registration order never depends on the file system."""
+    for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
 
 
 @dataclass(frozen=True)

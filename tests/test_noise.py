@@ -255,5 +255,19 @@ def test_modal_noise_on_unknown_modality_raises():
 
 
 def test_unknown_noise_type_raises():
-    with pytest.raises(DataError, match="unknown noise.type"):
+    with pytest.raises(DataError, match="noise.type=.gaussian.: choose one of none, random, popular, modal"):
         inject_noise(make_data(), NoiseConfig(type="gaussian", ratio=0.2))
+
+
+def test_every_noise_type_has_an_injector_and_a_yaml():
+    """A noise type is found through one table (guider.data.noise.INJECTORS), as backbones and
+    denoisers are through their registries; config validation and conf/noise/ agree with it."""
+    from pathlib import Path
+
+    from guider.cli import CONF_DIR
+    from guider.config import NOISE_TYPES
+    from guider.data.noise import INJECTORS
+
+    assert set(INJECTORS) == set(NOISE_TYPES)
+    yamls = {p.stem for p in (Path(CONF_DIR) / "noise").glob("*.yaml")}
+    assert set(NOISE_TYPES) <= yamls, set(NOISE_TYPES) - yamls

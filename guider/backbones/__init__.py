@@ -1,12 +1,17 @@
-"""Backbones: one module per model over the shared graph toolkit, found by config name."""
+"""Backbones: one module per model over the shared graph toolkit, found by config name.
+
+Every module of this package is imported here, so a new model is one module that registers
+itself (``@BACKBONES.register``) and one yaml in conf/backbone/; nothing else lists it."""
 
 from __future__ import annotations
 
 import torch
 
 from ..data import Interactions
-from . import bm3, freedom, lattice, lgmrec, lightgcn, mf, mgcn, smore, vbpr  # noqa: F401  (registers)
+from ..registry import import_all
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, Scorer
+
+import_all(__name__, __path__)
 
 __all__ = ["BACKBONES", "Backbone", "BackboneConfig", "Losses", "Scorer", "build_backbone"]
 

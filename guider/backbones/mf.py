@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses

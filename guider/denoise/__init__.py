@@ -1,4 +1,6 @@
-"""Denoisers behind one interface, found by config name."""
+"""Denoisers behind one interface, found by config name. A new denoiser is one module (or
+subpackage) of this package that registers itself (``@DENOISERS.register``) and one yaml in
+conf/denoise/; nothing else lists it."""
 
 from __future__ import annotations
 
@@ -6,9 +8,10 @@ import torch
 
 from ..backbones import Backbone
 from ..data import Interactions
-from . import guider as _guider  # noqa: F401  (registers denoise=guider)
-from . import bod, dcf, deca, oracle, rce, tce  # noqa: F401  (register the baselines, the oracle)
+from ..registry import import_all
 from .base import DENOISERS, Denoiser, DenoiseConfig, weighted_mean
+
+import_all(__name__, __path__)  # every module and subpackage registers itself (guider/, tce, ...)
 
 __all__ = ["DENOISERS", "Denoiser", "DenoiseConfig", "weighted_mean", "build_denoiser"]
 
