@@ -148,18 +148,16 @@ TABLE_COPIES = 12
 
 
 def check_model_size(data: Interactions, backbone_cfg, denoise_cfg, device: torch.device) -> None:
-    """Fail before building the model when its embedding tables cannot fit (GUIDER's teacher
-    has tables of its own)."""
+    """Fail before building the model when its embedding tables cannot fit, the denoiser's own
+    included (``Denoiser.embedding_tables``: GUIDER's teacher, DeCA's auxiliary models)."""
     nodes = data.n_users + data.n_items
     dim = backbone_cfg.embedding_dim
     check_size(f"the embedding tables ({nodes:,} users and items x {dim} dims, with gradients, "
                f"optimiser state and propagated layers)", nodes * dim * 4 * TABLE_COPIES,
                "backbone.embedding_dim (or a dataset with fewer users and items)", device)
-    teacher = getattr(denoise_cfg, "teacher", None)
-    teacher_dim = getattr(teacher, "embedding_dim", 0)
-    if teacher_dim:
-        check_size(f"the denoiser's teacher tables ({nodes:,} x {teacher_dim} dims)",
-                   nodes * teacher_dim * 4 * TABLE_COPIES, "denoise.teacher.embedding_dim", device)
+    for what, tdim, knob in DENOISERS.get(denoise_cfg.name).cls.embedding_tables(denoise_cfg):
+        check_size(f"{what} ({nodes:,} x {tdim} dims)", nodes * tdim * 4 * TABLE_COPIES, knob,
+                   device)
 
 
 def detection(job: Job) -> dict | None:

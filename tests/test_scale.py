@@ -275,6 +275,16 @@ def test_model_check_names_embedding_dim(monkeypatch, tiny_cfg):
         prepare(tiny_cfg("backbone.embedding_dim=100000"))
 
 
+@pytest.mark.parametrize("denoiser, key", [("guider", "denoise.teacher.embedding_dim"),
+                                           ("deca", "denoise.aux_dim")])
+def test_a_denoisers_own_tables_are_checked_before_building(monkeypatch, tiny_cfg, denoiser, key):
+    from guider.pipeline import prepare
+
+    monkeypatch.setenv(ENV, "64M")
+    with pytest.raises(SizeError, match=key.replace(".", r"\.")):
+        prepare(tiny_cfg(f"denoise={denoiser}", f"{key}=100000"))
+
+
 # --- eval.sample_users ----------------------------------------------------------------------
 
 

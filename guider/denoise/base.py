@@ -40,6 +40,12 @@ class Denoiser:
         still see every training interaction."""
         return None
 
+    @classmethod
+    def embedding_tables(cls, cfg: DenoiseConfig) -> list[tuple[str, int, str]]:
+        """The user + item embedding tables of the denoiser's own models, as (what, width, the
+        key that shrinks it), so that their memory is checked before anything is built."""
+        return []
+
     def __init__(self, cfg: DenoiseConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         self.cfg = cfg

@@ -113,6 +113,11 @@ def deca_terms(f: tuple[torch.Tensor, torch.Tensor], g: tuple[torch.Tensor, torc
 
 @DENOISERS.register("deca", DeCAConfig)
 class DeCA(Denoiser):
+    @classmethod
+    def embedding_tables(cls, cfg: DeCAConfig) -> list[tuple[str, int, str]]:
+        # g, h1 and h2 side by side: one check of their total width
+        return [("DeCA's three auxiliary models' tables", 3 * cfg.aux_dim, "denoise.aux_dim")]
+
     def __init__(self, cfg: DeCAConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         super().__init__(cfg, data, backbone, device, seed)

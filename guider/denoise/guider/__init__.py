@@ -98,6 +98,11 @@ def build_teacher(cfg: GuiderConfig, data: Interactions, device: torch.device,
 class Guider(Denoiser):
     has_scorers = True  # the teacher is evaluated after training, also at the student's best epoch
 
+    @classmethod
+    def embedding_tables(cls, cfg: GuiderConfig) -> list[tuple[str, int, str]]:
+        return [(f"the teacher's tables ({cfg.teacher.name})", cfg.teacher.embedding_dim,
+                 "denoise.teacher.embedding_dim")]
+
     def __init__(self, cfg: GuiderConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         super().__init__(cfg, data, backbone, device, seed)
