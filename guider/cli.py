@@ -11,33 +11,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import register_schemas
-from .reporting import prepare_sweep_job, set_threads  # also registers ${guider_run_id:}
+from .config import CONF_DIR, register_schemas
+from .reporting import prepare_sweep_job  # also registers ${guider_run_id:}
+from .threads import set_threads
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("guider")
 
 register_schemas()
 
 
-def summary_line(metrics: dict) -> str:
-    test = metrics["test"]
-    keys = ("Recall@20", "NDCG@20")
-    shown = "  ".join(f"{k} {test[k]:.4f}" for k in keys if k in test)
-    det = metrics.get("detection") or {}
-    if det.get("auc") is not None:
-        shown += f"  detection AUC {det['auc']:.3f}"
-        if det.get("degree_auc") is not None:  # what "light user = noise" alone would give
-            shown += f" (user degree alone {det['degree_auc']:.3f})"
-    return (f"{metrics['dataset']['name']} / {metrics['backbone']} / denoise={metrics['denoise']}: "
-            f"test {shown}  (best epoch {metrics['best_epoch']}, {metrics['epochs_run']} epochs, "
-            f"{metrics['seconds']['total']:.1f} s)")
-
-
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from .data import DataError
-    from .pipeline import run, write_failure
+    from .pipeline import run, summary_line, write_failure
     from .training import NonFiniteLoss, ResumeRefused
 
     hc = HydraConfig.get()

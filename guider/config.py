@@ -9,10 +9,14 @@ itself rejects a mistyped top-level value (``train.epochs=abc``) when it compose
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+# the config tree (conf/ at the repository root, next to the package)
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @dataclass
@@ -141,7 +145,7 @@ class EvalConfig:
 
 @dataclass
 class GraphCacheConfig:
-    # folder of cached frozen kNN item graphs (guider/backbones/cache.py), relative to the working
+    # folder of cached frozen kNN item graphs (guider/graphs/cache.py), relative to the working
     # directory; null switches the cache off. Never inside data_dir.
     dir: Optional[str] = ".cache/guider/graphs"
     # cache only graphs with n_items^2 x dim >= min_work multiply-adds (smaller ones rebuild in

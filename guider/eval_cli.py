@@ -37,7 +37,7 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best",
     from .config import register_schemas
     from .evaluation import evaluate
     from .pipeline import prepare, versions
-    from .training.loop import build_eval_sets
+    from .evaluation import build_eval_sets
 
     register_schemas()
     run_dir = Path(run_dir)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate even when the interactions differ from the training run's")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    from .cli import summary_line
+    from .pipeline import summary_line
     from .data import DataError
 
     try:

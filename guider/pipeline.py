@@ -20,16 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 from . import __version__, io
 from ._malloc import tune_malloc
 from .backbones import BACKBONES, Backbone, build_backbone
-from .backbones.cache import GraphCache, interactions_digest, use_graph_cache
+from .graphs.cache import GraphCache, interactions_digest, use_graph_cache
 from .config import DatasetConfig, RootConfig, check_common
 from .identity import run_fingerprint
 from .data import Interactions, dataset_folder, load_data
 from .denoise import DENOISERS, Denoiser, build_denoiser
-from .evaluation import evaluate
+from .evaluation import build_eval_sets, evaluate
 from .evaluation.detection import detection_metrics
 from .sizecheck import check_size
 from .training import check_resumable, fit
-from .training.loop import build_eval_sets, write_history
+from .training.loop import write_history
 
 log = logging.getLogger("guider")
 
@@ -300,3 +300,18 @@ def write_failure(run_dir: str | Path, exc: BaseException) -> None:
     io.write_json(path, {
         "status": "failed", "error": f"{type(exc).__name__}: {exc}", "versions": versions(),
     })
+
+
+def summary_line(metrics: dict) -> str:
+    """The one line a run prints at its end (guider-train, guider-eval)."""
+    test = metrics["test"]
+    keys = ("Recall@20", "NDCG@20")
+    shown = "  ".join(f"{k} {test[k]:.4f}" for k in keys if k in test)
+    det = metrics.get("detection") or {}
+    if det.get("auc") is not None:
+        shown += f"  detection AUC {det['auc']:.3f}"
+        if det.get("degree_auc") is not None:  # what "light user = noise" alone would give
+            shown += f" (user degree alone {det['degree_auc']:.3f})"
+    return (f"{metrics['dataset']['name']} / {metrics['backbone']} / denoise={metrics['denoise']}: "
+            f"test {shown}  (best epoch {metrics['best_epoch']}, {metrics['epochs_run']} epochs, "
+            f"{metrics['seconds']['total']:.1f} s)")

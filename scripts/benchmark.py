@@ -37,7 +37,7 @@ def measure(dataset: str, backbone: str, denoise: str, data_dir: str, epochs: in
     import torch
     from hydra import compose, initialize_config_dir
 
-    from guider.cli import CONF_DIR
+    from guider.config import CONF_DIR
     from guider.config import register_schemas
     from guider.evaluation import build_eval_set, evaluate
     from guider import pipeline

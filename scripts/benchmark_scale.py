@@ -90,7 +90,7 @@ def measure(args: argparse.Namespace) -> dict:
     from guider.pipeline import check_model_size, resolve_device, validate
     from hydra import compose, initialize_config_dir
 
-    from guider.cli import CONF_DIR
+    from guider.config import CONF_DIR
 
     t_start = time.perf_counter()
     tune_malloc()

@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from guider.cli import CONF_DIR
+from guider.config import CONF_DIR
 from guider.config import register_schemas
 
 REPO = Path(__file__).resolve().parent.parent

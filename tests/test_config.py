@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from guider.backbones import BACKBONES
-from guider.cli import CONF_DIR
+from guider.config import CONF_DIR
 from guider.denoise import DENOISERS
 from guider.pipeline import validate
 

@@ -10,7 +10,7 @@ from torch.overrides import TorchFunctionMode
 
 from guider.backbones import build_backbone
 from guider.backbones.freedom import Freedom, mixing_weights
-from guider.backbones.graphs import (degree_sensitive_prune, knn_graph, mix_graphs, spmm,
+from guider.graphs import (degree_sensitive_prune, knn_graph, mix_graphs, spmm,
                                      transpose_csr, unit_rows)
 from guider.config import ModalityConfig, SyntheticConfig
 from guider.data import BPRSampler, Interactions, generate

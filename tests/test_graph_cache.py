@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from guider.backbones import graphs
-from guider.backbones.cache import GraphCache, interactions_digest, use_graph_cache
-from guider.backbones.graphs import frozen_knn_topk, knn_graph, knn_topk, unit_rows
+from guider import graphs
+from guider.graphs.cache import GraphCache, interactions_digest, use_graph_cache
+from guider.graphs import frozen_knn_topk, knn_graph, knn_topk, unit_rows
 from guider.pipeline import prepare, run
-from guider.reporting import config_hash
+from guider.identity import config_hash
 
 
 def rows(n: int = 50, d: int = 8, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from guider.backbones.freedom import Freedom
-from guider.backbones.graphs import degree_sensitive_prune
+from guider.graphs import degree_sensitive_prune
 from guider.backbones.lightgcn import LightGCN
 from guider.backbones.mf import MF
 from guider.eval_cli import main as guider_eval

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from guider.backbones.graphs import centred_unit, knn_indices
+from guider.graphs import centred_unit, knn_indices
 from guider.backbones.mf import MF
 from guider.data import Batch
 from guider.denoise.guider.amsc import (AMSC, AMSCConfig, capped_per_user, confidence_weights,

@@ -220,7 +220,7 @@ def test_per_user_only_for_random_and_popular(tiny_cfg):
 def test_teacher_is_measured_at_the_students_best_epoch(tiny_cfg, tmp_path):
     from guider.denoise.guider import build_teacher
     from guider.evaluation import evaluate
-    from guider.training.loop import build_eval_sets
+    from guider.evaluation import build_eval_sets
 
     cfg = tiny_cfg("denoise=guider", "train.epochs=3")
     metrics = run(cfg, tmp_path)
@@ -244,7 +244,7 @@ def test_teacher_is_measured_at_the_students_best_epoch(tiny_cfg, tmp_path):
 
 def test_before_noise_excludes_items_warm_only_through_noise():
     from guider.config import EvalConfig
-    from guider.training.loop import build_eval_sets
+    from guider.evaluation import build_eval_sets
 
     # item 3 has no real training interaction; its only training pair is injected noise
     train = Split(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 2]))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from guider.backbones.bm3 import BM3
-from guider.backbones.graphs import knn_topk, unit_rows
+from guider.graphs import knn_topk, unit_rows
 from guider.backbones.lattice import Lattice, sym_norm_knn
 from guider.backbones.vbpr import VBPR
 from guider.data import BPRSampler

@@ -264,7 +264,7 @@ def test_every_noise_type_has_an_injector_and_a_yaml():
     denoisers are through their registries; config validation and conf/noise/ agree with it."""
     from pathlib import Path
 
-    from guider.cli import CONF_DIR
+    from guider.config import CONF_DIR
     from guider.config import NOISE_TYPES
     from guider.data.noise import INJECTORS
 

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from guider.reporting.callback import SummaryCallback
 from guider.identity import config_hash, run_id
-from guider.reporting.runs import auto_threads, prepare_sweep_job
+from guider.reporting.runs import prepare_sweep_job
+from guider.threads import auto_threads
 from guider.reporting.summary import collect_runs, summarize
 
 from .conftest import REPO, TINY, compose_config
@@ -26,7 +27,7 @@ def hydra_cfg(*overrides: str):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from guider.cli import CONF_DIR
+    from guider.config import CONF_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -286,7 +287,7 @@ def test_busy_cores_sees_a_busy_process():
     import subprocess
     import sys
 
-    from guider.reporting.runs import busy_cores
+    from guider.threads import busy_cores
 
     idle = busy_cores(0.3)
     if idle is None:

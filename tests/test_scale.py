@@ -244,7 +244,7 @@ def test_evaluation_block_check_names_batch_users(monkeypatch):
 
 
 def test_knn_and_graph_checks_name_their_knobs(monkeypatch):
-    from guider.backbones.graphs import bipartite_adjacency, knn_graph, knn_indices
+    from guider.graphs import bipartite_adjacency, knn_graph, knn_indices
 
     z = torch.randn(3000, 4)
     monkeypatch.setenv(ENV, "1M")  # 2048 x 3000 x 8 bytes = 47 MiB
@@ -329,7 +329,7 @@ def test_sampled_metrics_equal_a_full_evaluation_restricted_to_those_users():
 def test_run_records_the_sample_and_its_metrics_are_those_users(tiny_cfg, tmp_path):
     from guider.pipeline import prepare, run
     from guider.training import fit
-    from guider.training.loop import build_eval_sets
+    from guider.evaluation import build_eval_sets
 
     over = ("eval.sample_users=40", "eval.sample_seed=5", "train.epochs=2")
     metrics = run(tiny_cfg(*over), tmp_path / "a")

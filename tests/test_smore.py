@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from guider.backbones.graphs import knn_graph, max_pool_graphs, unit_rows
+from guider.graphs import knn_graph, max_pool_graphs, unit_rows
 from guider.backbones.smore import SMORE, spectral_filter, spectral_fusion
 from guider.config import ModalityConfig
 from guider.evaluation import build_eval_set, evaluate

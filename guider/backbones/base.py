@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from ..registry import Registry
-from .graphs import bipartite_adjacency
+from ..graphs import bipartite_adjacency
 
 
 # dtypes of the frozen item features and of the matrix products that project them

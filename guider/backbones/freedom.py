@@ -51,7 +51,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from .graphs import (bipartite_adjacency, degree_sensitive_prune, knn_graph, lightgcn_propagate,
+from ..graphs import (bipartite_adjacency, degree_sensitive_prune, knn_graph, lightgcn_propagate,
                      mix_graphs, spmm, transpose_csr, unit_rows)
 from .losses import bpr_terms, l2_reg
 

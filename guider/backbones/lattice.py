@@ -59,7 +59,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from .graphs import (frozen_knn_topk, knn_topk, lightgcn_propagate, spmm,
+from ..graphs import (frozen_knn_topk, knn_topk, lightgcn_propagate, spmm,
                      transpose_csr, unit_rows)
 from .losses import bpr_terms, l2_reg
 

@@ -60,7 +60,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from .graphs import (bipartite_adjacency, lightgcn_propagate, spmm, sym_spmm, transpose_csr,
+from ..graphs import (bipartite_adjacency, lightgcn_propagate, spmm, sym_spmm, transpose_csr,
                      user_item_matrix)
 from .losses import bpr_terms
 

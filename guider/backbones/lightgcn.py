@@ -10,7 +10,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from .graphs import lightgcn_propagate
+from ..graphs import lightgcn_propagate
 from .losses import bpr_terms, l2_reg
 
 

@@ -78,7 +78,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from .graphs import (knn_graph, lightgcn_propagate, max_pool_graphs, spmm, transpose_csr,
+from ..graphs import (knn_graph, lightgcn_propagate, max_pool_graphs, spmm, transpose_csr,
                      unit_rows, user_item_graphs)
 from .losses import bpr_terms, info_nce, l2_reg
 

@@ -2,6 +2,7 @@
 
 from .ranking import (EvalSet, build_eval_set, evaluate, metrics_from_hits, recommend,
                       sample_users)
+from .sets import build_eval_sets
 
-__all__ = ["EvalSet", "build_eval_set", "evaluate", "metrics_from_hits", "recommend",
-           "sample_users"]
+__all__ = ["EvalSet", "build_eval_set", "build_eval_sets", "evaluate", "metrics_from_hits",
+           "recommend", "sample_users"]

@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 
 from . import encoders
-from .common import (FeatureReport, OutputFolder, PrepareError, command_line, encode_texts,
-                     fill_missing, finish, open_text, process_interactions, read_interactions,
-                     require_file, sniff_sep)
+from .common import (FeatureReport, OutputFolder, PrepareError, command_line, fill_missing,
+                     finish, open_text, process_interactions, read_interactions, require_file,
+                     sniff_sep)
+from .features import encode_texts
 
 IMAGE_RECORD = np.dtype([("asin", "S10"), ("feat", "<f4", (4096,))])
 _ASIN_RE = re.compile(r"""["']asin["']\s*:\s*["']([^"']+)["']""")

@@ -22,8 +22,9 @@ import numpy as np
 
 from . import encoders
 from .common import (FeatureReport, OutputFolder, PrepareError, check_known_ids, command_line,
-                     encode_images, encode_texts, finish, images_in_folder, process_interactions,
-                     read_interactions, read_item_table, require_file)
+                     finish, images_in_folder, process_interactions, read_interactions,
+                     read_item_table, require_file)
+from .features import encode_images, encode_texts
 
 
 def run(args) -> Path:

@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from . import encoders
-from .common import (OutputFolder, PrepareError, check_known_ids, command_line, encode_images,
-                     encode_texts, finish, images_in_folder, open_text, process_interactions,
-                     read_interactions, read_item_table)
+from .common import (OutputFolder, PrepareError, check_known_ids, command_line, finish,
+                     images_in_folder, open_text, process_interactions, read_interactions,
+                     read_item_table)
+from .features import encode_images, encode_texts
 
 
 def find_one(raw_dir: Path, patterns: tuple[str, ...], what: str, flag: str) -> Path:

@@ -25,7 +25,7 @@ from ..backbones import Backbone
 from ..config import EvalConfig, TrainConfig
 from ..data import BPRSampler, Interactions
 from ..denoise import Denoiser, weighted_mean
-from ..evaluation import EvalSet, build_eval_set, evaluate, sample_users
+from ..evaluation import build_eval_sets, evaluate
 from ..identity import comparable_fingerprint
 from ..optim import make_adam
 
@@ -83,34 +83,6 @@ class FitResult:
     best_denoiser: dict | None = None
     sessions: int = 1
     seconds_previous: float = 0.0  # wall seconds of the earlier sessions of a resumed run
-
-
-def build_eval_sets(data: Interactions,
-                    evalc: EvalConfig) -> tuple[EvalSet, EvalSet, dict | None]:
-    """The valid and test evaluation sets (cold pairs decided per ``eval.exclude_cold``); with
-    ``eval.sample_users=N`` both restricted to the
-    same fixed sample of N users (an approximation, recorded in metrics.json as
-    ``eval_sample``)."""
-    known = None
-    if evalc.exclude_cold == "before_noise":  # injected pairs are appended after the real ones
-        n_real = (data.info.get("noise") or {}).get("n_train_before", len(data.train))
-        known = (data.train.users[:n_real], data.train.items[:n_real])
-    valid = build_eval_set(data.train.users, data.train.items, data.valid.users,
-                           data.valid.items, data.n_users, data.n_items, known)
-    test = build_eval_set(data.train.users, data.train.items, data.test.users,
-                          data.test.items, data.n_users, data.n_items, known)
-    if evalc.sample_users <= 0:
-        return valid, test, None
-    pool = len(sample_users([valid, test], 0, evalc.sample_seed))
-    chosen = sample_users([valid, test], evalc.sample_users, evalc.sample_seed)
-    valid, test = valid.restrict(chosen), test.restrict(chosen)
-    info = {"users": evalc.sample_users, "seed": evalc.sample_seed, "eligible_users": pool,
-            "sampled_users": len(chosen), "valid_users": len(valid.users),
-            "test_users": len(test.users)}
-    log.info("evaluating a fixed sample of %d of %d users (eval.sample_users, seed %d): "
-             "metrics are an approximation of the full evaluation", len(chosen), pool,
-             evalc.sample_seed)
-    return valid, test, info
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:

@@ -14,7 +14,7 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from ...backbones.graphs import centred_unit, knn_indices, user_item_matrix
+from ...graphs import centred_unit, knn_indices, user_item_matrix
 
 CHUNK = 1 << 20  # interactions per chunk of row-wise dot products
 

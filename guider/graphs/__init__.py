@@ -126,7 +126,7 @@ def knn_topk(z: torch.Tensor, k: int, block_size: int = 2048, exclude_self: bool
 def frozen_knn_topk(z: torch.Tensor, k: int, block_size: int = 2048, exclude_self: bool = True,
                     knob: str = KNN_KNOB) -> tuple[torch.Tensor, torch.Tensor]:
     """``knn_topk`` of rows that stay fixed during training (item features), through the graph
-    cache when one is active (``guider.backbones.cache``): the same values and indices, loaded
+    cache when one is active (``guider.graphs.cache``): the same values and indices, loaded
     instead of recomputed when nothing they depend on changed. Not for learned rows."""
     cache = active_graph_cache()
     with torch.no_grad():
