@@ -144,6 +144,17 @@ class EvalConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Experiment tracking (conf/logger/, guider/tracking.py): never part of a run's identity."""
+
+    name: str = "csv"  # csv | tensorboard | mlflow
+    dir: Optional[str] = None  # tensorboard: event folder (default <run dir>/tensorboard)
+    tracking_uri: Optional[str] = None  # mlflow: default sqlite:///<cwd>/outputs/mlflow.db
+    experiment: Optional[str] = None  # mlflow: default the sweep folder's name, else "guider"
+    artifacts: bool = True  # mlflow: the run folder's files (no checkpoints) as artifacts
+
+
+@dataclass
 class GraphCacheConfig:
     # folder of cached frozen kNN item graphs (guider/graphs/cache.py), relative to the working
     # directory; null switches the cache off. Never inside data_dir.
@@ -168,6 +179,7 @@ class RootConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     graph_cache: GraphCacheConfig = field(default_factory=GraphCacheConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def register_schemas() -> None:

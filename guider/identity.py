@@ -30,7 +30,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 NEUTRAL_KEYS = ("hydra", "train.resume", "train.progress", "train.skip_completed", "threads",
-                "graph_cache", "eval.save_topk")
+                "graph_cache", "eval.save_topk", "logger")
 LOCATION_KEYS = ("data_dir",)
 # overrides that are not settings of a run: a pinned sweep's name expands into its settings
 NOT_SETTINGS = ("experiment",)

@@ -29,6 +29,7 @@ from .evaluation import build_eval_sets, evaluate
 from .evaluation.detection import detection_metrics
 from .sizecheck import check_size
 from .training import check_resumable, fit
+from .tracking import Tracker, make_tracker
 from .training.loop import write_history
 
 log = logging.getLogger("guider")
@@ -237,12 +238,25 @@ def save_recommendations(job: Job, path_stem: Path) -> Path:
 
 def _run(cfg: DictConfig, run_dir: Path) -> dict:
     t_start = time.perf_counter()
-    validate(cfg)  # fail on a bad config before writing anything
+    root = validate(cfg)[0]  # fail on a bad config before writing anything
+    config = OmegaConf.to_container(cfg, resolve=True)
+    tracker = make_tracker(root.logger, run_dir, config)  # a missing extra fails here
     io.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    tracker.start()
+    try:
+        metrics = _train(cfg, run_dir, t_start, tracker)
+    except BaseException:
+        tracker.finish(None, status="FAILED")
+        raise
+    tracker.finish(metrics)
+    return metrics
+
+
+def _train(cfg: DictConfig, run_dir: Path, t_start: float, tracker: Tracker) -> dict:
     job = prepare(cfg)
     root, data, seed = job.root, job.data, job.root.seed
     result = fit(job.model, job.denoiser, data, root.train, root.eval, job.device, seed, run_dir,
-                 job.fingerprint)
+                 job.fingerprint, on_eval=tracker.log_eval)
 
     metrics = {
         "status": "completed",

@@ -17,7 +17,7 @@ LAYERS = [
     {"denoise"},
     {"evaluation"},
     {"training"},
-    {"reporting", "prepare"},
+    {"reporting", "prepare", "tracking"},
     {"pipeline", "eval_cli"},
     {"cli"},
 ]

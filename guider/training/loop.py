@@ -123,6 +123,7 @@ class Trainer:
         self.state = TrainState()
         self.best = BestState()
         self.applied_weights: torch.Tensor | None = None  # the denoiser's graph weights held
+        self.on_eval: Callable[[dict], None] | None = None
 
     # -- resume -------------------------------------------------------------------------------
 
@@ -200,6 +201,8 @@ class Trainer:
                          self.device)
         state.seconds_eval += time.perf_counter() - t1
         state.history.append({"epoch": epoch, "loss": epoch_loss, **valid})
+        if self.on_eval is not None:  # a tracker (guider.tracking)
+            self.on_eval(state.history[-1])
         value = valid.get(metric, -math.inf)
         if value > state.best_value:
             state.best_value, state.best_epoch, state.bad_evals = value, epoch, 0
@@ -247,7 +250,9 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------
 
-    def run(self, on_epoch_end: Callable[[int], None] | None = None) -> FitResult:
+    def run(self, on_epoch_end: Callable[[int], None] | None = None,
+            on_eval: Callable[[dict], None] | None = None) -> FitResult:
+        self.on_eval = on_eval
         train, state = self.train, self.state
         if train.resume:
             self.resume()
@@ -300,8 +305,9 @@ class Trainer:
 def fit(model: Backbone, denoiser: Denoiser, data: Interactions, train: TrainConfig,
         evalc: EvalConfig, device: torch.device, seed: int, run_dir: Path,
         fingerprint: dict | None = None,
-        on_epoch_end: Callable[[int], None] | None = None) -> FitResult:
+        on_epoch_end: Callable[[int], None] | None = None,
+        on_eval: Callable[[dict], None] | None = None) -> FitResult:
     """Train ``model`` with ``denoiser`` to early stopping (``Trainer``); the result holds valid
-    and test at the best-validation state."""
+    and test at the best-validation state. ``on_eval`` gets each validation's history row."""
     trainer = Trainer(model, denoiser, data, train, evalc, device, seed, run_dir, fingerprint)
-    return trainer.run(on_epoch_end)
+    return trainer.run(on_epoch_end, on_eval)

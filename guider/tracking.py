@@ -1,0 +1,190 @@
+"""Experiment tracking: the ``logger`` config group (conf/logger/).
+
+- ``csv`` (default): nothing beyond the run folder itself (``history.csv``, ``metrics.json``).
+- ``tensorboard``: event files in ``<run dir>/tensorboard`` (or ``logger.dir``): the resolved
+  config as text, the training loss and every validation metric per evaluated epoch, the test
+  metrics at the best state. Needs the ``tensorboard`` package (``pip install 'guider[tensorboard]'``).
+- ``mlflow``: one MLflow run per guider run, in a local SQLite store beside the runs
+  (``outputs/mlflow.db`` under the working directory, artifacts in ``outputs/mlflow-artifacts``)
+  or any ``logger.tracking_uri``. Params: the resolved config flattened to dotted keys; metrics:
+  loss and validation metrics per evaluated epoch (step = epoch), test metrics at the end
+  (``@`` becomes ``_at_``: MLflow refuses it in names); artifacts: the run folder's files
+  without checkpoints. The runs of one sweep share an experiment named after the sweep folder.
+  Needs ``mlflow`` (``pip install 'guider[mlflow]'``).
+
+A tracker never costs a run: a missing package fails before any work, naming the extra; a
+tracker that raises during the run is switched off with a warning, and metrics.json is written
+as always.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("guider")
+
+LOGGERS = ("csv", "tensorboard", "mlflow")
+EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as dotted keys (lists kept as values)."""
+    out: dict[str, Any] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    out[prefix[:-1]] = node
+    return out
+
+
+def metric_name(key: str) -> str:
+    return key.replace("@", "_at_")
+
+
+class Tracker:
+    """The csv logger: the run folder is the record; nothing else is written."""
+
+    name = "csv"
+
+    def __init__(self, cfg: Any, run_dir: Path, config: dict):
+        self.cfg, self.run_dir, self.config = cfg, Path(run_dir), config
+        self.broken = False
+
+    def _safe(self, what: str, call: Callable[[], None]) -> None:
+        if self.broken:
+            return
+        try:
+            call()
+        except Exception as err:  # a tracking failure must never cost the run
+            self.broken = True
+            log.warning("logger=%s failed while %s (%s: %s): tracking is off for the rest of "
+                        "this run; the run itself goes on and writes metrics.json", self.name,
+                        what, type(err).__name__, err)
+
+    def start(self) -> None:
+        self._safe("starting", self._start)
+
+    def log_eval(self, row: dict) -> None:
+        self._safe(f"logging epoch {row.get('epoch')}", lambda: self._log_eval(row))
+
+    def finish(self, metrics: dict | None, status: str = "FINISHED") -> None:
+        self._safe("finishing", lambda: self._finish(metrics, status))
+
+    def _start(self) -> None:
+        pass
+
+    def _log_eval(self, row: dict) -> None:
+        pass
+
+    def _finish(self, metrics: dict | None, status: str) -> None:
+        pass
+
+
+class TensorBoardTracker(Tracker):
+    name = "tensorboard"
+
+    def __init__(self, cfg: Any, run_dir: Path, config: dict):
+        super().__init__(cfg, run_dir, config)
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+        self.writer_cls = SummaryWriter
+        self.writer = None
+
+    def _start(self) -> None:
+        folder = Path(self.cfg.dir) if self.cfg.dir else self.run_dir / "tensorboard"
+        self.writer = self.writer_cls(log_dir=str(folder))
+        text = "\n".join(f"    {k}: {v}" for k, v in flatten(self.config).items())
+        self.writer.add_text("config", text)
+
+    def _log_eval(self, row: dict) -> None:
+        epoch = int(row["epoch"])
+        for key, value in row.items():
+            if key != "epoch":
+                self.writer.add_scalar("train/loss" if key == "loss" else f"valid/{key}",
+                                       float(value), epoch)
+
+    def _finish(self, metrics: dict | None, status: str) -> None:
+        if metrics:
+            step = int(metrics.get("best_epoch", 0))
+            for key, value in (metrics.get("test") or {}).items():
+                self.writer.add_scalar(f"test/{key}", float(value), step)
+        self.writer.close()
+
+
+class MLflowTracker(Tracker):
+    name = "mlflow"
+
+    def __init__(self, cfg: Any, run_dir: Path, config: dict):
+        super().__init__(cfg, run_dir, config)
+        import mlflow  # needs the mlflow package
+
+        self.mlflow = mlflow
+        self.run = None
+
+    def experiment_name(self) -> str:
+        if self.cfg.experiment:
+            return str(self.cfg.experiment)
+        sweep = self.run_dir.parent
+        return sweep.name if (sweep / "multirun.yaml").is_file() else "guider"
+
+    def _start(self) -> None:
+        mlflow = self.mlflow
+        outputs = Path("outputs").resolve()
+        uri = self.cfg.tracking_uri or f"sqlite:///{outputs / 'mlflow.db'}"
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(uri)
+        name = self.experiment_name()
+        if mlflow.get_experiment_by_name(name) is None:
+            artifacts = outputs / "mlflow-artifacts" / name
+            mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
+        mlflow.set_experiment(name)
+        self.run = mlflow.start_run(run_name=self.run_dir.name)
+        params = {k: str(v)[:500] for k, v in flatten(self.config).items()}
+        keys = sorted(params)
+        for start in range(0, len(keys), 100):  # MLflow takes at most 100 params per call
+            mlflow.log_params({k: params[k] for k in keys[start:start + 100]})
+
+    def _log_eval(self, row: dict) -> None:
+        epoch = int(row["epoch"])
+        values = {("train/loss" if k == "loss" else f"valid/{metric_name(k)}"): float(v)
+                  for k, v in row.items() if k != "epoch"}
+        self.mlflow.log_metrics(values, step=epoch)
+
+    def _finish(self, metrics: dict | None, status: str) -> None:
+        mlflow = self.mlflow
+        if metrics:
+            step = int(metrics.get("best_epoch", 0))
+            mlflow.log_metrics({f"test/{metric_name(k)}": float(v)
+                                for k, v in (metrics.get("test") or {}).items()}, step=step)
+            det = metrics.get("detection") or {}
+            if det.get("auc") is not None:
+                mlflow.log_metric("detection/auc", float(det["auc"]))
+        if self.cfg.artifacts:
+            for path in sorted(self.run_dir.rglob("*")):
+                rel = path.relative_to(self.run_dir)
+                if path.is_file() and rel.parts[0] not in ("checkpoints", "tensorboard"):
+                    parent = str(rel.parent) if rel.parent != Path(".") else None
+                    mlflow.log_artifact(str(path), artifact_path=parent)
+        mlflow.end_run(status=status)
+
+
+TRACKERS: dict[str, type[Tracker]] = {"csv": Tracker, "tensorboard": TensorBoardTracker,
+                                      "mlflow": MLflowTracker}
+
+
+def make_tracker(cfg: Any, run_dir: Path, config: dict) -> Tracker:
+    """The tracker ``logger=<cfg.name>`` for a run; a missing package fails here, before any
+    work, naming the extra that installs it."""
+    if cfg.name not in TRACKERS:
+        raise ValueError(f"logger={cfg.name!r}: choose one of {', '.join(LOGGERS)}")
+    try:
+        return TRACKERS[cfg.name](cfg, run_dir, config)
+    except ImportError as err:
+        extra = EXTRAS[cfg.name]
+        raise ValueError(f"logger={cfg.name} needs the {extra} package, which is not installed "
+                         f"({err}); install it with pip install 'guider[{extra}]', or choose "
+                         f"logger=csv") from None

@@ -1,0 +1,74 @@
+"""The logger group: MLflow and TensorBoard records read back through their own readers, a
+failing tracker that costs nothing, a missing package that fails before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from guider import tracking
+from guider.pipeline import run
+
+EPOCHS = 3
+
+
+def test_mlflow_records_params_metrics_and_artifacts(tiny_cfg, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # the default store and artifacts go under ./outputs
+    sweep = tmp_path / "my-sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("{}\n")  # a Hydra sweep folder
+    metrics = run(tiny_cfg("logger=mlflow", f"train.epochs={EPOCHS}"), sweep / "run-a")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("my-sweep")  # named after the sweep folder
+    (found,) = client.search_runs([experiment.experiment_id])
+    assert found.info.run_name == "run-a" and found.info.status == "FINISHED"
+    assert found.data.params["backbone.name"] == "lightgcn"
+    assert found.data.params["train.epochs"] == str(EPOCHS)
+    history = client.get_metric_history(found.info.run_id, "valid/Recall_at_20")
+    assert [m.step for m in history] == list(range(EPOCHS))
+    assert found.data.metrics["test/Recall_at_20"] == pytest.approx(metrics["test"]["Recall@20"])
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert {"metrics.json", "history.csv", "config.yaml"} <= artifacts
+    assert "checkpoints" not in artifacts
+
+
+def test_tensorboard_event_files_read_back(tiny_cfg, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    metrics = run(tiny_cfg("logger=tensorboard", f"train.epochs={EPOCHS}"), tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert [e.step for e in events.Scalars("valid/Recall@20")] == list(range(EPOCHS))
+    assert len(events.Scalars("train/loss")) == EPOCHS
+    (test,) = events.Scalars("test/Recall@20")
+    assert test.value == pytest.approx(metrics["test"]["Recall@20"])
+    assert "test/NDCG@20" in scalars
+
+
+def test_a_failing_tracker_never_costs_the_run(tiny_cfg, tmp_path, monkeypatch, caplog):
+    def broken(self, row):
+        raise RuntimeError("tracking server unreachable")
+
+    monkeypatch.setattr(tracking.Tracker, "_log_eval", broken)
+    metrics = run(tiny_cfg(f"train.epochs={EPOCHS}"), tmp_path)
+    assert metrics["status"] == "completed"
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+    assert "tracking server unreachable" in caplog.text and "tracking is off" in caplog.text
+
+
+def test_a_missing_package_fails_before_any_work_naming_the_extra(tiny_cfg, tmp_path,
+                                                                   monkeypatch):
+    class Missing(tracking.Tracker):
+        def __init__(self, *args):
+            raise ImportError("No module named 'mlflow'")
+
+    monkeypatch.setitem(tracking.TRACKERS, "mlflow", Missing)
+    with pytest.raises(ValueError, match=r"pip install 'guider\[mlflow\]'"):
+        run(tiny_cfg("logger=mlflow"), tmp_path / "run")
+    assert not (tmp_path / "run" / "config.yaml").exists()
