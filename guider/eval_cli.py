@@ -36,8 +36,9 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best",
 
     from .config import register_schemas
     from .evaluation import evaluate
-    from .pipeline import prepare, versions
     from .evaluation import build_eval_sets
+    from .identity import current_form
+    from .pipeline import prepare, versions
 
     register_schemas()
     run_dir = Path(run_dir)
@@ -53,7 +54,7 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best",
             raise ValueError(f"override {item!r}: guider-eval takes key=value for "
                              f"{', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in ALLOWED)}; "
                              f"the model's own settings come from the run")
-    cfg = OmegaConf.load(cfg_path)
+    cfg = OmegaConf.create(current_form(OmegaConf.to_container(OmegaConf.load(cfg_path))))
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     OmegaConf.update(cfg, "train.resume", False, merge=False)
     trained = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

@@ -115,6 +115,23 @@ def legacy_guider(denoise: dict) -> dict:
     return out
 
 
+def current_form(plain: dict) -> dict:
+    """A saved config.yaml in the form today's schemas read: GUIDER's older teacher keys
+    (``teacher: lightgcn``, ``teacher_dim``, ``teacher_layers``, ``teacher_reg``) become the
+    teacher group's node. Used by guider-eval on older run folders."""
+    denoise = plain.get("denoise")
+    if not isinstance(denoise, dict) or not isinstance(denoise.get("teacher"), str):
+        return plain
+    denoise = dict(denoise)
+    name = denoise.pop("teacher")
+    teacher = {"name": name, "embedding_dim": denoise.pop("teacher_dim", 64),
+               "reg_weight": denoise.pop("teacher_reg", 1e-4)}
+    layers = denoise.pop("teacher_layers", 2)
+    if name == "lightgcn":
+        teacher["n_layers"] = layers
+    return {**plain, "denoise": {**denoise, "teacher": teacher}}
+
+
 def plain_config(cfg: Any) -> dict:
     """A resolved, plain-dict copy of a task config (without the ``hydra`` node)."""
     if isinstance(cfg, DictConfig):

@@ -110,3 +110,16 @@ def test_recommendations_are_the_evaluators_ranking_with_original_ids(short_cfg,
     again = last_eval(tmp_path / "run")["recommendations"]
     other = pd.read_parquet(again) if again.endswith(".parquet") else pd.read_csv(again)
     pd.testing.assert_frame_equal(frame, other)
+
+
+def test_an_older_guider_config_is_read_in_the_current_form():
+    from guider.identity import config_hash, current_form
+
+    old = {"seed": 0, "denoise": {"name": "guider", "teacher": "lightgcn", "teacher_dim": 32,
+                                  "teacher_layers": 3, "teacher_reg": 1e-3, "teacher_lr": 1e-3}}
+    new = current_form(old)
+    assert new["denoise"]["teacher"] == {"name": "lightgcn", "embedding_dim": 32, "n_layers": 3,
+                                         "reg_weight": 1e-3}
+    assert "teacher_dim" not in new["denoise"] and new["denoise"]["teacher_lr"] == 1e-3
+    assert config_hash(new) == config_hash(old)  # one run, one identity, either form
+    assert current_form({"denoise": {"name": "tce"}}) == {"denoise": {"name": "tce"}}
