@@ -3,7 +3,8 @@
 - ``csv`` (default): nothing beyond the run folder itself (``history.csv``, ``metrics.json``).
 - ``tensorboard``: event files in ``<run dir>/tensorboard`` (or ``logger.dir``): the resolved
   config as text, the training loss and every validation metric per evaluated epoch, the test
-  metrics at the best state. Needs the ``tensorboard`` package (``pip install 'guider[tensorboard]'``).
+  metrics at the best state. Needs the ``tensorboard`` package
+  (``pip install 'guider[tensorboard]'``).
 - ``mlflow``: one MLflow run per guider run, in a local SQLite store beside the runs
   (``outputs/mlflow.db`` under the working directory, artifacts in ``outputs/mlflow-artifacts``)
   or any ``logger.tracking_uri``. Params: the resolved config flattened to dotted keys; metrics:

@@ -1,0 +1,112 @@
+"""AMSC's detection under its levers, from a trained GUIDER run, without training again.
+
+Loads a GUIDER run folder (config.yaml and checkpoints/best.pt, which holds the teacher at the
+student's best epoch), rebuilds the run's data, and scores every training interaction with AMSC
+at the end of its schedule (lambda and rho at their maxima) under each setting of its levers
+(docs/guider.md): the detection metrics of guider.evaluation.detection, overall, against the
+trivial degree and popularity scores, and within bands of user degree. score_ema needs a
+sequence of refreshes and is not measured here.
+
+    python scripts/amsc_levers.py <run folder> [<run folder> ...] --data-dir ../shared/data \
+        --out docs/results/amsc_levers.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+
+LEVERS = {
+    "as specified": {},
+    "per_user": {"per_user": True},
+    "conf_floor=0.5": {"conf_floor": 0.5},
+    "conf_floor=1 (content only, calibrated alpha)": {"conf_floor": 1.0},
+    "user_cap=0.5": {"user_cap": 0.5},
+    "conf_floor=0.5, user_cap=0.5": {"conf_floor": 0.5, "user_cap": 0.5},
+    "calibrate=false (raw content)": {"calibrate": False},
+}
+
+
+def noise_scores(c: torch.Tensor) -> np.ndarray:
+    """-c, users with one interaction least suspicious (as Guider.noise_scores)."""
+    c = c.clone()
+    nan = torch.isnan(c)
+    c[nan] = (c[~nan].max() + 1.0) if (~nan).any() else 0.0
+    return (-c).numpy()
+
+
+def levers_of_run(run_dir: Path, data_dir: str | None) -> pd.DataFrame:
+    from guider.config import register_schemas
+    from guider.denoise.guider.amsc import AMSC, rowwise_dot
+    from guider.evaluation.detection import detection_metrics
+    from guider.identity import current_form
+    from guider.pipeline import prepare
+
+    register_schemas()
+    saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    cfg = OmegaConf.create(current_form(saved))
+    if data_dir:
+        cfg.data_dir = data_dir
+    cfg.graph_cache.dir = None
+    job = prepare(cfg)
+    state = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    if state.get("denoiser") is None:
+        raise ValueError(f"{run_dir}: best.pt holds no denoiser state (not a GUIDER run?)")
+    g = job.denoiser
+    g.load_state_dict(state["denoiser"])
+    g.teacher.eval()
+    with torch.no_grad():
+        users_e, items_e = (t.float().cpu() for t in g.teacher.final_embeddings())
+    data = job.data
+    base = g.cfg.amsc
+    rows = []
+    for label, change in LEVERS.items():
+        acfg = replace(base, **change)
+        amsc = AMSC(acfg, data.features, data.train.users, data.train.items, data.n_users,
+                    data.n_items, job.root.seed + 1)
+        affinity = rowwise_dot(users_e, amsc.users, items_e, amsc.items)
+        c, flagged = amsc.refresh(items_e, epoch=10 ** 6, affinity=affinity)
+        det = detection_metrics(noise_scores(c), flagged.numpy(), data.train_noise,
+                                data.train.users, data.train.items)
+        # bands with at least 20 noisy and 20 clean pairs (an AUC over fewer says little)
+        band_aucs = {name: b["auc"] for name, b in (det.get("bands") or {}).items()
+                     if b.get("auc") is not None and 20 <= b["n_noisy"] <= b["n"] - 20}
+        rows.append({"run": run_dir.name, "teacher": g.cfg.teacher.name, "lever": label,
+                     "auc": det["auc"], "band_auc": det.get("band_auc"),
+                     "min_band_auc": min(band_aucs.values()) if band_aucs else None,
+                     **{f"band {k}": v for k, v in band_aucs.items()},
+                     "degree_auc": det.get("degree_auc"),
+                     "popularity_auc": det.get("popularity_auc"),
+                     "precision": det.get("precision"), "recall": det.get("recall"),
+                     "n_flagged": det.get("n_flagged"),
+                     "mean_w": float(amsc.w.mean()), **{f"cfg.{k}": v for k, v in change.items()}})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    table = pd.concat([levers_of_run(r, args.data_dir) for r in args.runs], ignore_index=True)
+    pd.set_option("display.width", 200)
+    cols = ["run", "teacher", "lever", "auc", "band_auc", "min_band_auc", "degree_auc",
+            "popularity_auc", "precision", "mean_w"]
+    print(table[cols].round(3).to_string(index=False))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
