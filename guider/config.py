@@ -83,7 +83,7 @@ class DatasetConfig:
 
 @dataclass
 class NoiseConfig:
-    # none | random | popular | modal
+    # none | random | popular | modal | drop
     type: str = "none"
     ratio: float = 0.0
     modality: Optional[str] = None  # for modal noise; default: the dataset's first modality
@@ -188,7 +188,7 @@ def register_schemas() -> None:
 
 METRIC_NAMES = ("Recall", "NDCG", "Precision", "MAP")
 DEVICES = ("auto", "cpu", "cuda")
-NOISE_TYPES = ("none", "random", "popular", "modal")
+NOISE_TYPES = ("none", "random", "popular", "modal", "drop")
 
 
 def check_known_keys(cfg: DictConfig) -> None:

@@ -271,3 +271,35 @@ def test_every_noise_type_has_an_injector_and_a_yaml():
     assert set(INJECTORS) == set(NOISE_TYPES)
     yamls = {p.stem for p in (Path(CONF_DIR) / "noise").glob("*.yaml")}
     assert set(NOISE_TYPES) <= yamls, set(NOISE_TYPES) - yamls
+
+
+def test_drop_noise_removes_exact_counts_and_leaves_valid_test_alone():
+    data = make_data()
+    before = (data.train.users.copy(), data.train.items.copy())
+    valid, test, digest = (data.valid.users.copy(), data.valid.items.copy()), \
+        (data.test.users.copy(), data.test.items.copy()), data.digest()
+    record = inject_noise(data, NoiseConfig(type="drop", ratio=0.25, seed=3))
+    n = len(before[0])
+    assert record["n_removed"] == round(0.25 * n) == len(data.removed)
+    assert len(data.train) == n - record["n_removed"]
+    assert record["n_injected"] == 0 and not data.train_noise.any()
+    # the removed pairs are exactly the training pairs missing now, at the recorded positions
+    pairs = set(zip(before[0].tolist(), before[1].tolist()))
+    kept = set(zip(data.train.users.tolist(), data.train.items.tolist()))
+    removed = set(zip(data.removed.users.tolist(), data.removed.items.tolist()))
+    assert kept | removed == pairs and not kept & removed
+    assert (before[0][data.removed_index] == data.removed.users).all()
+    # valid and test untouched; the data as loaded has the same digest
+    assert (data.valid.users == valid[0]).all() and (data.valid.items == valid[1]).all()
+    assert (data.test.users == test[0]).all() and (data.test.items == test[1]).all()
+    assert data.digest() == digest
+    restored = data.train_before_noise()
+    assert (restored.users == before[0]).all() and (restored.items == before[1]).all()
+
+
+def test_drop_noise_runs_end_to_end(tiny_cfg, tmp_path):
+    from guider.pipeline import run
+
+    m = run(tiny_cfg("noise=drop", "noise.ratio=0.2", "train.epochs=2"), tmp_path)
+    assert m["noise"]["n_removed"] == round(0.2 * m["noise"]["n_train_before"])
+    assert m["dataset"]["n_train"] == m["noise"]["n_train_before"] - m["noise"]["n_removed"]

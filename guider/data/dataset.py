@@ -52,6 +52,10 @@ class Interactions:
     # item-level labels of modal noise: modality -> bool[n_items]
     feature_noise: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    # noise=drop: the training interactions taken out (false negatives) and their positions in
+    # the training split as loaded
+    removed: Split | None = None
+    removed_index: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.train_noise is None:
@@ -66,14 +70,27 @@ class Interactions:
         items = np.bincount(self.train.items, minlength=self.n_items)
         return users, items
 
+    def train_before_noise(self) -> Split:
+        """The training split as loaded, in its order: without the injected pairs (appended
+        after the real ones), with the pairs noise=drop took out put back in their places."""
+        if self.removed is not None and len(self.removed):
+            n = len(self.train) + len(self.removed)
+            keep = np.ones(n, dtype=bool)
+            keep[self.removed_index] = False
+            users = np.empty(n, dtype=self.train.users.dtype)
+            items = np.empty(n, dtype=self.train.items.dtype)
+            users[keep], items[keep] = self.train.users, self.train.items
+            users[~keep], items[~keep] = self.removed.users, self.removed.items
+            return Split(users, items)
+        n_real = (self.info.get("noise") or {}).get("n_train_before", len(self.train))
+        return Split(self.train.users[:n_real], self.train.items[:n_real])
+
     def digest(self) -> str:
         """SHA-256 of the dataset as loaded, before noise injection: the sizes and the (user,
         item) pairs of train (without injected pairs), valid and test, in order. Recorded in
         metrics.json so a trained model is never evaluated on other data by mistake."""
-        n_real = (self.info.get("noise") or {}).get("n_train_before", len(self.train))
         h = hashlib.sha256(f"{self.n_users}x{self.n_items}".encode())
-        for split in (Split(self.train.users[:n_real], self.train.items[:n_real]),
-                      self.valid, self.test):
+        for split in (self.train_before_noise(), self.valid, self.test):
             h.update(f":{len(split)}".encode())
             h.update(split.users.tobytes())
             h.update(split.items.tobytes())

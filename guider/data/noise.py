@@ -138,11 +138,30 @@ def _modal_noise(data: Interactions, cfg: NoiseConfig, rng: np.random.Generator,
                   n_injected=int(touched.sum()))
 
 
+def _drop_noise(data: Interactions, cfg: NoiseConfig, rng: np.random.Generator,
+                record: dict) -> None:
+    """noise=drop: round(ratio x |train|) training interactions taken out uniformly at random
+    (false negatives, as in DA-MRS's protocol); valid and test untouched. The removed pairs are
+    kept on the data (``removed``, ``removed_index``); there are no noisy training
+    interactions to detect."""
+    n = len(data.train)
+    n_drop = int(round(cfg.ratio * n))
+    index = np.sort(rng.choice(n, size=n_drop, replace=False)) if n_drop else \
+        np.zeros(0, dtype=np.int64)
+    keep = np.ones(n, dtype=bool)
+    keep[index] = False
+    data.removed = Split(data.train.users[index], data.train.items[index])
+    data.removed_index = index
+    data.train = Split(data.train.users[keep], data.train.items[keep])
+    data.train_noise = data.train_noise[keep]
+    record.update(n_train_before=n, n_removed=n_drop, n_injected=0)
+
+
 # noise.type -> injector: adding a noise type is one function here, its name in
 # guider.config.NOISE_TYPES (a test keeps the two equal) and a yaml in conf/noise/
 INJECTORS: dict[str, Callable[[Interactions, NoiseConfig, np.random.Generator, dict], None]] = {
     "none": _no_noise, "random": _interaction_noise, "popular": _interaction_noise,
-    "modal": _modal_noise,
+    "modal": _modal_noise, "drop": _drop_noise,
 }
 
 
@@ -154,6 +173,6 @@ def inject_noise(data: Interactions, cfg: NoiseConfig) -> dict:
         raise DataError(str(err)) from None
     record: dict = {"type": cfg.type, "ratio": cfg.ratio, "seed": cfg.seed}
     INJECTORS[cfg.type](data, cfg, np.random.default_rng(cfg.seed), record)
-    if record["n_injected"]:
+    if record["n_injected"] or record.get("n_removed"):
         log.info("noise=%s: %s", cfg.type, record)
     return record

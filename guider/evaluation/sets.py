@@ -19,9 +19,9 @@ def build_eval_sets(data: Interactions,
     same fixed sample of N users (an approximation, recorded in metrics.json as
     ``eval_sample``)."""
     known = None
-    if evalc.exclude_cold == "before_noise":  # injected pairs are appended after the real ones
-        n_real = (data.info.get("noise") or {}).get("n_train_before", len(data.train))
-        known = (data.train.users[:n_real], data.train.items[:n_real])
+    if evalc.exclude_cold == "before_noise":
+        before = data.train_before_noise()
+        known = (before.users, before.items)
     valid = build_eval_set(data.train.users, data.train.items, data.valid.users,
                            data.valid.items, data.n_users, data.n_items, known)
     test = build_eval_set(data.train.users, data.train.items, data.test.users,
