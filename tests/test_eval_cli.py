@@ -6,7 +6,6 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 
 from guider.eval_cli import main
 from guider.pipeline import run

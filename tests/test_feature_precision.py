@@ -10,8 +10,7 @@ from torch import nn
 from guider.backbones.base import PAD_ROWS, Backbone
 from guider.training import fit
 
-from .test_freedom import LR_FAST, THREE_MODALITIES, build, tiny_data
-from .test_mm_backbones import first_batch
+from .helpers import LR_FAST, THREE_MODALITIES, build, first_batch, tiny_data
 
 FEATURE_MODELS = ["vbpr", "lattice", "freedom", "bm3", "mgcn", "lgmrec", "smore"]
 

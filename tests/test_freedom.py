@@ -6,41 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
-from guider.backbones import build_backbone
 from guider.backbones.freedom import Freedom, mixing_weights
-from guider.graphs import (degree_sensitive_prune, knn_graph, mix_graphs, spmm,
-                                     transpose_csr, unit_rows)
-from guider.config import ModalityConfig, SyntheticConfig
-from guider.data import BPRSampler, Interactions, generate
-from guider.denoise import build_denoiser
-from guider.pipeline import prepare, run, validate
-
+from guider.data import BPRSampler
+from guider.graphs import (degree_sensitive_prune, knn_graph, mix_graphs, spmm, transpose_csr,
+                           unit_rows)
+from guider.pipeline import prepare, run
 from guider.training import fit
 
 from .conftest import run_interrupted_then_resumed
-
-LR_FAST = "train.lr=0.01"
-# the schema's default modalities (image, text) always merge in, so the synthetic set is
-# generated here with exactly the modalities a test wants
-ONE_MODALITY = {"text": ModalityConfig(32, 0.6)}
-THREE_MODALITIES = {"image": ModalityConfig(40, 0.6), "text": ModalityConfig(24, 0.5),
-                    "audio": ModalityConfig(16, 0.4)}
-
-
-def tiny_data(modalities: dict) -> Interactions:
-    return generate(SyntheticConfig(n_users=300, n_items=200, mean_interactions=12,
-                                    modalities=modalities))
-
-
-def build(cfg, data: Interactions):
-    """The job of ``prepare(cfg)`` but on ``data``: (root config, model, denoiser)."""
-    root, _, _, backbone_cfg, denoise_cfg = validate(cfg)
-    torch.manual_seed(root.seed)
-    model = build_backbone(backbone_cfg, data, torch.device("cpu"))
-    denoiser = build_denoiser(denoise_cfg, data, model, torch.device("cpu"), root.seed)
-    return root, model, denoiser
+from .helpers import LR_FAST, ONE_MODALITY, THREE_MODALITIES, LargestDense, build, tiny_data
 
 
 def dense_knn_graph(z: torch.Tensor, k: int, exclude_self: bool) -> torch.Tensor:
@@ -52,21 +27,6 @@ def dense_knn_graph(z: torch.Tensor, k: int, exclude_self: bool) -> torch.Tensor
     s = torch.zeros(len(z), len(z)).scatter_(1, nbrs, 1.0)
     dinv = s.sum(1).pow(-0.5)
     return dinv[:, None] * s * dinv[None, :]
-
-
-class LargestDense(TorchFunctionMode):
-    """Records the largest strided tensor any torch operation returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 # -- graph toolkit ------------------------------------------------------------------------------

@@ -12,26 +12,7 @@ from guider.config import DatasetConfig, NoiseConfig
 from guider.data import DataError, load_data, load_mmrec
 from guider.data.loader import read_inter
 
-HEADER = ["userID", "itemID", "rating", "timestamp", "x_label"]
-# 3 users x 4 items
-ROWS = [
-    (0, 0, 5, 100, 0),
-    (0, 1, 4, 101, 0),
-    (0, 2, 3, 102, 1),
-    (0, 3, 2, 103, 2),
-    (1, 1, 5, 104, 0),
-    (1, 3, 1, 105, 0),
-    (1, 0, 4, 106, 2),
-    (2, 2, 3, 107, 0),
-    (2, 0, 2, 108, 1),
-]
-
-
-def write_inter(path, rows=ROWS, header=HEADER):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["\t".join(header)] + ["\t".join(str(v) for v in r) for r in rows]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from .helpers import HEADER, ROWS, write_inter
 
 
 def load(folder, features=None, required=None, name="toy"):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .test_freedom import ONE_MODALITY, THREE_MODALITIES, tiny_data
-from .test_mm_backbones import assert_same_seed_same_losses, training_step_outputs
+from .helpers import (ONE_MODALITY, THREE_MODALITIES, assert_same_seed_same_losses, tiny_data,
+                      training_step_outputs)
 
 MODELS = ["mgcn", "lgmrec"]
 

@@ -22,7 +22,7 @@ from guider.evaluation import build_eval_set, evaluate, sample_users
 from guider.sizecheck import ENV, SizeError, check_size, mem_available, parse_bytes
 
 from .conftest import REPO
-from .test_synthetic import _signal_gap
+from .helpers import _signal_gap
 
 
 def cfg(**kw) -> SyntheticConfig:

@@ -17,8 +17,8 @@ from guider.pipeline import prepare, run
 from guider.training import fit
 
 from .conftest import run_interrupted_then_resumed
-from .test_freedom import LR_FAST, ONE_MODALITY, THREE_MODALITIES, build, tiny_data
-from .test_mm_backbones import assert_same_seed_same_losses, first_batch
+from .helpers import (LR_FAST, ONE_MODALITY, THREE_MODALITIES, assert_same_seed_same_losses, build,
+                      first_batch, tiny_data)
 
 TWO_MODALITIES = {"image": ModalityConfig(40, 0.6), "text": ModalityConfig(24, 0.5)}
 MODALITY_SETS = [ONE_MODALITY, TWO_MODALITIES, THREE_MODALITIES]

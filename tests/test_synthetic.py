@@ -9,6 +9,8 @@ from guider.config import ModalityConfig, SyntheticConfig
 from guider.data import DataError, generate
 from guider.data.synthetic import split_counts
 
+from .helpers import _signal_gap
+
 
 def small_cfg(**kw) -> SyntheticConfig:
     base = dict(n_users=200, n_items=150, mean_interactions=12, min_interactions=5,
@@ -140,24 +142,6 @@ def test_feature_shapes_per_modality(data):
         assert f.dtype == np.float32 and np.isfinite(f).all()
     d = generate(small_cfg(modalities={}))
     assert d.features == {}
-
-
-def _signal_gap(d) -> float:
-    """Mean over users of: cosine of the centred features of the user's clean training items
-    (their mean) with its test items, minus that with all items."""
-    X = d.features["v"].astype(np.float64)
-    X = X - X.mean(0)
-    X /= np.linalg.norm(X, axis=1, keepdims=True)
-    tu, ti, clean = d.train.users, d.train.items, ~d.train_noise
-    gaps = []
-    for u in range(d.n_users):
-        tr = ti[(tu == u) & clean]
-        te = d.test.items[d.test.users == u]
-        if len(tr) == 0 or len(te) == 0:
-            continue
-        m = X[tr].mean(0)
-        gaps.append((X[te] @ m).mean() - (X @ m).mean())
-    return float(np.mean(gaps))
 
 
 def test_features_carry_signal_about_preferences():

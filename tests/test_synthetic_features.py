@@ -18,7 +18,7 @@ from guider.pipeline import run, validate
 from guider.identity import config_hash
 
 from .conftest import SHORT, compose_config
-from .test_loader import write_inter
+from .helpers import write_inter
 
 FEATS = {"image": "image_feat.npy", "text": "text_feat.npy"}
 
