@@ -28,49 +28,64 @@ log = logging.getLogger("guider")
 ALLOWED = ("eval.", "data_dir", "device", "threads", "noise.", "graph_cache.")
 
 
-def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best",
-                 allow_other_data: bool = False) -> dict:
-    """Valid and test metrics of the run's model in ``run_dir`` under ``overrides``."""
-    import torch
+def load_run_config(run_dir: Path, overrides: list[str], checkpoint: str):
+    """The run's resolved config with the evaluation ``overrides`` applied (only keys in
+    ``ALLOWED``), after checking the folder holds a config and the checkpoint."""
     from omegaconf import OmegaConf
 
-    from .config import register_schemas
-    from .evaluation import evaluate
-    from .evaluation import build_eval_sets
     from .identity import current_form
-    from .pipeline import prepare, versions
 
-    register_schemas()
-    run_dir = Path(run_dir)
-    cfg_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
+    cfg_path = run_dir / "config.yaml"
     ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     for path, what in ((cfg_path, "its resolved configuration"), (ckpt_path, "the checkpoint")):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: {run_dir} does not hold {what} (is it a "
                                     f"run folder of guider-train with train.save_checkpoints=true?)")
+    allowed = ", ".join(k.rstrip(".") + (".*" if k.endswith(".") else "") for k in ALLOWED)
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+")
         if "=" not in item or not key.startswith(ALLOWED):
-            raise ValueError(f"override {item!r}: guider-eval takes key=value for "
-                             f"{', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in ALLOWED)}; "
+            raise ValueError(f"override {item!r}: guider-eval takes key=value for {allowed}; "
                              f"the model's own settings come from the run")
     cfg = OmegaConf.create(current_form(OmegaConf.to_container(OmegaConf.load(cfg_path))))
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     OmegaConf.update(cfg, "train.resume", False, merge=False)
+    return cfg, ckpt_path
+
+
+def check_same_data(digest: str, trained: dict, run_dir: Path, data_dir: str,
+                    allow_other_data: bool) -> None:
+    """Refuse data whose interactions differ from the training run's (by digest)."""
+    recorded = trained.get("data_digest")
+    if recorded is None:
+        log.warning("%s records no data digest (a run from before guider-eval): the data cannot "
+                    "be checked against the training run's", run_dir / "metrics.json")
+    elif recorded != digest and not allow_other_data:
+        raise ValueError(
+            f"the interactions under data_dir={data_dir} differ from those the run in {run_dir} "
+            f"was trained on (digest {digest[:12]} vs {recorded[:12]}): evaluating on other data is "
+            f"refused; point data_dir at the training data, or pass --allow-other-data")
+
+
+def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best",
+                 allow_other_data: bool = False) -> dict:
+    """Valid and test metrics of the run's model in ``run_dir`` under ``overrides``."""
+    import torch
+
+    from .config import register_schemas
+    from .evaluation import build_eval_sets, evaluate
+    from .pipeline import prepare, save_recommendations, versions
+
+    register_schemas()
+    run_dir = Path(run_dir)
+    cfg, ckpt_path = load_run_config(run_dir, overrides, checkpoint)
+    metrics_path = run_dir / "metrics.json"
     trained = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     if int(cfg.get("threads", 0) or 0) > 0:
         torch.set_num_threads(int(cfg.threads))
     job = prepare(cfg)
     digest = job.data.digest()
-    recorded = trained.get("data_digest")
-    if recorded is None:
-        log.warning("%s records no data digest (a run from before guider-eval): the data cannot "
-                    "be checked against the training run's", metrics_path)
-    elif recorded != digest and not allow_other_data:
-        raise ValueError(
-            f"the interactions under data_dir={cfg.data_dir} differ from those the run in {run_dir} "
-            f"was trained on (digest {digest[:12]} vs {recorded[:12]}): evaluating on other data is "
-            f"refused; point data_dir at the training data, or pass --allow-other-data")
+    check_same_data(digest, trained, run_dir, cfg.data_dir, allow_other_data)
     state = torch.load(ckpt_path, map_location=job.device, weights_only=False)
     job.model.load_state_dict(state["model"])
     if state.get("edge_weights") is not None:  # a denoiser's weights on the user-item graph
@@ -84,8 +99,6 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best",
     test = evaluate(scorer, test_set, evalc.topk, evalc.batch_users, job.device)
     recommendations = None
     if evalc.save_topk:
-        from .pipeline import save_recommendations
-
         stem = f"recommendations-{time.strftime('%Y%m%d-%H%M%S')}"
         recommendations = str(save_recommendations(job, run_dir / stem))
     return {
