@@ -16,7 +16,6 @@ and after the run folder has moved.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -75,12 +74,12 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best",
     from .config import register_schemas
     from .evaluation import build_eval_sets, evaluate
     from .pipeline import prepare, save_recommendations, versions
+    from .record import read_record
 
     register_schemas()
     run_dir = Path(run_dir)
     cfg, ckpt_path = load_run_config(run_dir, overrides, checkpoint)
-    metrics_path = run_dir / "metrics.json"
-    trained = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    trained = read_record(run_dir) or {}
     if int(cfg.get("threads", 0) or 0) > 0:
         torch.set_num_threads(int(cfg.threads))
     job = prepare(cfg)

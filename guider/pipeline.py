@@ -4,7 +4,6 @@ noise, build backbone and denoiser, train, write the run folder."""
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import platform
 import sys
@@ -29,6 +28,7 @@ from .evaluation import build_eval_sets, evaluate
 from .evaluation.detection import detection_metrics
 from .sizecheck import check_size
 from .training import check_resumable, fit
+from .record import RunRecord, failure_record, is_completed, read_record, write_record
 from .tracking import Tracker, make_tracker
 from .training.loop import write_history
 
@@ -258,43 +258,25 @@ def _train(cfg: DictConfig, run_dir: Path, t_start: float, tracker: Tracker) -> 
     result = fit(job.model, job.denoiser, data, root.train, root.eval, job.device, seed, run_dir,
                  job.fingerprint, on_eval=tracker.log_eval)
 
-    metrics = {
-        "status": "completed",
-        "dataset": data.summary(),
-        "data_digest": data.digest(),  # the interactions before noise (guider-eval checks it)
-        "backbone": job.model.cfg.name,
-        "denoise": job.denoiser.cfg.name,
-        "seed": seed,
-        "device": str(job.device),
-        "threads": torch.get_num_threads(),  # torch intra-op threads (threads=0: chosen at start)
-        "noise": data.info.get("noise"),
-        # modality -> width of features generated as pure noise (dataset.synthetic_features)
-        "synthetic_features": data.info.get("synthetic_features", {}),
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early,
-        "stop_reason": result.stop_reason,  # early_stopping | time_budget | max_epochs
-        "valid_metric": root.eval.valid_metric,
-        "valid": result.valid,
-        "test": result.test,
-        "eval_excluded": {**result.eval_excluded, "rule": root.eval.exclude_cold},
-        # eval.sample_users > 0: {users, seed, eligible_users, sampled_users, valid_users,
-        # test_users}; the metrics are then an approximation over that fixed sample
-        "eval_sample": result.eval_sample,
-        "detection": detection(job),  # the denoiser's final state
-        "denoiser": job.denoiser.summary(),
-        "auxiliary": auxiliary_metrics(job, result.best_denoiser),
-        "cold_start": data.info.get("cold_start"),
-        # total: wall seconds of every session of the run (earlier sessions of a resumed run
-        # counted from their start of training); sessions: 1 + the number of resumes
-        "seconds": {**result.seconds,
-                    "total": result.seconds_previous + time.perf_counter() - t_start,
-                    "sessions": result.sessions},
-        "versions": versions(),
-    }
+    record = RunRecord(
+        dataset=data.summary(), data_digest=data.digest(), backbone=job.model.cfg.name,
+        denoise=job.denoiser.cfg.name, seed=seed, device=str(job.device),
+        threads=torch.get_num_threads(), noise=data.info.get("noise"),
+        synthetic_features=data.info.get("synthetic_features", {}),
+        best_epoch=result.best_epoch, epochs_run=result.epochs_run,
+        stopped_early=result.stopped_early, stop_reason=result.stop_reason,
+        valid_metric=root.eval.valid_metric, valid=result.valid, test=result.test,
+        eval_excluded={**result.eval_excluded, "rule": root.eval.exclude_cold},
+        eval_sample=result.eval_sample, detection=detection(job),
+        denoiser=job.denoiser.summary(), auxiliary=auxiliary_metrics(job, result.best_denoiser),
+        cold_start=data.info.get("cold_start"),
+        seconds={**result.seconds, "total": result.seconds_previous + time.perf_counter() - t_start,
+                 "sessions": result.sessions},
+        versions=versions(),
+    )
     if root.eval.save_topk:
-        metrics["recommendations"] = save_recommendations(job, run_dir / "recommendations").name
-    io.write_json(run_dir / "metrics.json", metrics)
+        record.recommendations = save_recommendations(job, run_dir / "recommendations").name
+    metrics = write_record(run_dir, record)
     write_history(run_dir, result.history)
     log.info("test: %s", {k: round(v, 5) for k, v in result.test.items()})
     return metrics
@@ -303,17 +285,14 @@ def _train(cfg: DictConfig, run_dir: Path, t_start: float, tracker: Tracker) -> 
 def write_failure(run_dir: str | Path, exc: BaseException) -> None:
     """Record a failed run so a sweep summary shows it instead of silently dropping it. A folder
     that holds a completed run keeps it: the failure of a later command there is only logged."""
-    path = Path(run_dir) / "metrics.json"
     try:
-        if json.loads(path.read_text()).get("status") == "completed":
+        if is_completed(read_record(run_dir)):
             log.error("%s holds a completed run: left as it was (this command failed: %s: %s)",
                       run_dir, type(exc).__name__, exc)
             return
-    except (OSError, ValueError, AttributeError):
+    except (ValueError, AttributeError):  # unreadable: replaced by the failure record
         pass
-    io.write_json(path, {
-        "status": "failed", "error": f"{type(exc).__name__}: {exc}", "versions": versions(),
-    })
+    write_record(run_dir, failure_record(exc, versions()))
 
 
 def summary_line(metrics: dict) -> str:

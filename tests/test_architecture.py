@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "guider"
 
 # lowest first; a module may import from its own layer and those below
 LAYERS = [
-    {"config", "identity", "registry", "io", "sizecheck", "optim", "_malloc", "threads"},
+    {"config", "identity", "registry", "io", "sizecheck", "optim", "_malloc", "threads", "record"},
     {"data"},
     {"graphs"},
     {"backbones"},

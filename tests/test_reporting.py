@@ -515,3 +515,22 @@ def test_guider_runs_keep_the_identity_they_had_before_the_teacher_group():
                             "noise.ratio=0.2", "train.patience=50", "train.progress=false",
                             "backbone=freedom", "denoise=guider", "seed=0", "denoise.graph=true"])
     assert config_hash(other) != config_hash(today)
+
+
+def test_metrics_json_layout_is_the_typed_record(tiny_cfg, tmp_path):
+    """The pipeline writes RunRecord's fields, in its order; the one reader gives them back."""
+    from dataclasses import fields
+
+    from guider.pipeline import run
+    from guider.record import RunRecord, is_completed, read_record
+
+    written = run(tiny_cfg("train.epochs=1"), tmp_path)
+    again = read_record(tmp_path)
+    assert again == written and is_completed(again)
+    expected = ["status"] + [f.name for f in fields(RunRecord)
+                             if f.name not in ("status", "extra", "recommendations")]
+    assert list(again) == expected
+    (tmp_path / "metrics.json").write_text("{not json")
+    with pytest.raises(ValueError, match="metrics.json"):
+        read_record(tmp_path)
+    assert read_record(tmp_path / "nothing") is None

@@ -3,7 +3,6 @@ skipping completed runs and resuming interrupted ones."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from ..identity import config_hash, run_id
+from ..record import is_completed, read_record
 
 log = logging.getLogger("guider")
 
@@ -28,13 +28,6 @@ def register_resolvers() -> None:
     """``${guider_run_id:}``: used by ``hydra.sweep.subdir`` (conf/config.yaml)."""
     if not OmegaConf.has_resolver("guider_run_id"):
         OmegaConf.register_new_resolver("guider_run_id", _run_id_resolver)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def saved_hash(run_dir: Path) -> str | None:
@@ -61,14 +54,17 @@ def prepare_sweep_job(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     run_dir = Path(run_dir)
     want = config_hash(cfg)
     have = saved_hash(run_dir)
-    metrics = _read_json(run_dir / "metrics.json")
+    try:
+        metrics = read_record(run_dir)
+    except ValueError:  # an unreadable metrics.json: not a completed run
+        metrics = None
     if have is None:
         return None
     if have != want:
         log.warning("%s holds a run of another configuration (hash %s, this one %s); "
                     "starting afresh there", run_dir, have, want)
         return None
-    if metrics is not None and metrics.get("status") == "completed":
+    if is_completed(metrics):
         if cfg.train.skip_completed:
             log.info("skipped: %s already holds a completed run of this configuration (hash %s); "
                      "train.skip_completed=false retrains it", run_dir, want)

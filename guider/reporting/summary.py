@@ -22,6 +22,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from ..identity import is_setting_column
+from ..record import read_record
 
 log = logging.getLogger("guider")
 
@@ -94,12 +95,10 @@ def read_run(run_dir: Path, root: Path, evaluation: str | None = None) -> tuple[
     rel = run_dir.relative_to(root).as_posix() if run_dir != root else "."
     row: dict[str, Any] = {"run": rel}
     metrics: dict | None = None
-    mpath = run_dir / "metrics.json"
-    if mpath.is_file():
-        try:
-            metrics = json.loads(mpath.read_text())
-        except (OSError, ValueError) as exc:
-            row.update(status="unreadable", error=f"metrics.json: {exc}")
+    try:
+        metrics = read_record(run_dir)
+    except ValueError as exc:
+        row.update(status="unreadable", error=f"metrics.json: {exc}")
     if metrics is not None:
         row["status"] = str(metrics.get("status", "completed"))
         row["error"] = metrics.get("error")
