@@ -31,7 +31,7 @@ def test_every_config_composes_and_validates(group, option):
 def test_required_public_names_exist():
     assert set(options("dataset")) >= {"synthetic", "baby", "sports", "clothing", "microlens", "tiktok"}
     assert set(options("backbone")) >= {"mf", "lightgcn"}
-    assert set(options("noise")) == {"none", "random", "popular", "modal"}
+    assert set(options("noise")) == {"none", "random", "popular", "modal", "drop"}
     assert "none" in options("denoise")
 
 
