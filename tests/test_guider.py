@@ -458,3 +458,20 @@ def test_guider_resume_matches_uninterrupted(tiny_cfg, tmp_path):
     resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed", stop_epoch=1)
     assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
     assert resumed["detection"] == full["detection"]
+
+
+def test_amsc_levers_script_scores_a_saved_run(tiny_cfg, tmp_path):
+    """scripts/amsc_levers.py: every lever scored from the teacher a GUIDER run saved."""
+    import importlib.util
+
+    from .conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("amsc_levers", REPO / "scripts" / "amsc_levers.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run(tiny_cfg(*GUIDER_FAST, "train.epochs=3"), tmp_path)
+    table = script.levers_of_run(tmp_path, None)
+    assert list(table["lever"]) == list(script.LEVERS)
+    assert table["auc"].between(0, 1).all() and table["auc"].nunique() > 1
+    plain = table.set_index("lever")
+    assert plain.loc["conf_floor=1 (content only, calibrated alpha)", "mean_w"] == 1.0
