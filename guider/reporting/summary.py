@@ -410,6 +410,35 @@ def _at_default(denoiser: str, column: str, value: Any) -> bool:
         return str(value) == str(default)
 
 
+def _pair_group(group: pd.DataFrame, partners: list[pd.Series | None], config_cols: list[str],
+                metric_cols: list[str], reference: str) -> tuple[dict, list[dict]]:
+    """One configuration's runs against their reference partners: (its row of the paired table:
+    settings, pairs, mean difference and standard error per metric; its unpaired runs)."""
+    first = group.iloc[0]
+    out: dict[str, Any] = {c: first[c] for c in config_cols}
+    diffs: dict[str, list[float]] = {c: [] for c in metric_cols}
+    unpaired, n_pairs = [], 0
+    for (_, row), partner in zip(group.iterrows(), partners):
+        if row["status"] != "completed" or partner is None:
+            why = ("run not completed" if row["status"] != "completed"
+                   else f"no completed denoise={reference} run with the same seed and settings")
+            unpaired.append({"run": row["run"], **{c: row[c] for c in config_cols},
+                             "seed": row.get("seed"), "status": row["status"], "why": why})
+            continue
+        n_pairs += 1
+        for col in metric_cols:
+            a = pd.to_numeric(pd.Series([row[col], partner[col]]), errors="coerce")
+            if a.notna().all():
+                diffs[col].append(float(a[0] - a[1]))
+    out["pairs"] = n_pairs
+    for col in metric_cols:
+        values = pd.Series(diffs[col], dtype=float)
+        out[f"{col} diff"] = float(values.mean()) if len(values) else math.nan
+        out[f"{col} se"] = (float(values.std(ddof=1) / math.sqrt(len(values)))
+                            if len(values) > 1 else math.nan)
+    return out, unpaired
+
+
 def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str = "none",
                        metrics: Iterable[tuple[str, str]] = PAIRED_METRICS) -> Paired | None:
     """Pair every completed run with the completed run of ``denoise=<reference>`` that shares
@@ -453,30 +482,11 @@ def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str
     frame["__config"] = [tuple("" if _missing(r[c]) else repr(r[c]) for c in config_cols)
                          for _, r in frame.iterrows()]
     for _, group in frame.groupby("__config", sort=False):
-        first = group.iloc[0]
-        out: dict[str, Any] = {c: first[c] for c in config_cols}
-        diffs: dict[str, list[float]] = {c: [] for c, _ in metric_cols}
-        n_pairs = 0
-        for _, row in group.iterrows():
-            partner = ref_by_key.get(key_of(row))
-            if row["status"] != "completed" or partner is None:
-                why = ("run not completed" if row["status"] != "completed"
-                       else f"no completed denoise={reference} run with the same seed and settings")
-                unpaired.append({"run": row["run"], **{c: row[c] for c in config_cols},
-                                 "seed": row.get("seed"), "status": row["status"], "why": why})
-                continue
-            n_pairs += 1
-            for col, _ in metric_cols:
-                a = pd.to_numeric(pd.Series([row[col], partner[col]]), errors="coerce")
-                if a.notna().all():
-                    diffs[col].append(float(a[0] - a[1]))
-        out["pairs"] = n_pairs
-        for col, _ in metric_cols:
-            values = pd.Series(diffs[col], dtype=float)
-            out[f"{col} diff"] = float(values.mean()) if len(values) else math.nan
-            out[f"{col} se"] = (float(values.std(ddof=1) / math.sqrt(len(values)))
-                                if len(values) > 1 else math.nan)
+        partners = [ref_by_key.get(key_of(row)) for _, row in group.iterrows()]
+        out, missing = _pair_group(group, partners, config_cols, [c for c, _ in metric_cols],
+                                   reference)
         rows.append(out)
+        unpaired += missing
     table = pd.DataFrame(rows)
     if len(table):
         table = table.sort_values(by=[*base, *den], key=_sort_key, kind="stable")
