@@ -86,6 +86,22 @@ def _parse_override(text: str) -> tuple[str, str] | None:
     return key.lstrip("+"), value
 
 
+def read_overrides(run_dir: Path) -> dict[str, str]:
+    """The run's command-line overrides (Hydra's .hydra/overrides.yaml) as key -> value."""
+    overrides: dict[str, str] = {}
+    opath = run_dir / ".hydra" / "overrides.yaml"
+    if opath.is_file():
+        try:
+            items = OmegaConf.to_container(OmegaConf.load(opath)) or []
+        except Exception:
+            items = []
+        for item in items:
+            parsed = _parse_override(item)
+            if parsed:
+                overrides[parsed[0]] = parsed[1]
+    return overrides
+
+
 def read_run(run_dir: Path, root: Path, evaluation: str | None = None) -> tuple[dict, dict[str, str]]:
     """One run folder -> (row, {column: raw override value}) where the row holds the run's
     status, error, identity, flattened config (``cfg.`` prefix) and flattened metrics. With
@@ -120,18 +136,7 @@ def read_run(run_dir: Path, root: Path, evaluation: str | None = None) -> tuple[
     for key, value in flat_cfg.items():
         row[f"cfg.{key}"] = value
 
-    overrides: dict[str, str] = {}
-    opath = run_dir / ".hydra" / "overrides.yaml"
-    if opath.is_file():
-        try:
-            items = OmegaConf.to_container(OmegaConf.load(opath)) or []
-        except Exception:
-            items = []
-        for item in items:
-            parsed = _parse_override(item)
-            if parsed:
-                overrides[parsed[0]] = parsed[1]
-
+    overrides = read_overrides(run_dir)
     if metrics is not None and row["status"] == "completed" and evaluation:
         again = run_dir / f"eval-{evaluation}.json"
         try:
