@@ -163,3 +163,18 @@ def test_every_yaml_default_equals_its_schema_default(group):
             if key not in schema or schema[key] != value:
                 drift.append(f"{path.name}: {key} = {value!r}, schema {schema.get(key, 'absent')!r}")
     assert not drift, drift
+
+
+def test_guider_default_teacher_equals_its_yaml():
+    """GuiderConfig's default teacher (used when no group is composed) is the one
+    conf/denoise/teacher/lightgcn.yaml gives: one teacher default, not two."""
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    from guider.denoise.guider import default_teacher
+
+    cfg = compose_config(["denoise=guider"])
+    assert OmegaConf.to_container(cfg.denoise.teacher) == default_teacher()
+    assert asdict(DENOISERS.get("guider").schema().teacher) == asdict(
+        BACKBONES.validate(default_teacher()))
