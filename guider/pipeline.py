@@ -169,7 +169,10 @@ def detection(job: Job) -> dict | None:
     if not data.has_noise_labels:
         return None
     # the trivial scores and the degree bands are reported for every denoiser, `none` included
-    return detection_metrics(job.denoiser.noise_scores(), job.denoiser.flagged(),
+    scores = job.denoiser.noise_scores()
+    if scores is None:  # a backbone that weights its own feedback (DA-MRS) may score instead
+        scores = job.model.noise_scores(data.train.users, data.train.items)
+    return detection_metrics(scores, job.denoiser.flagged(),
                              data.train_noise, data.train.users, data.train.items)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from ..registry import Registry
-from ..graphs import bipartite_adjacency
+from ..graphs import bipartite_adjacency, take
 
 
 # dtypes of the frozen item features and of the matrix products that project them
@@ -122,7 +122,7 @@ class Backbone(nn.Module):
                 # PAD_ROWS so that a few shapes recur (an unseen shape costs more than the product)
                 pad = uniq.new_full((PAD_ROWS - len(uniq) % PAD_ROWS,), int(uniq[0]))
                 uniq = torch.cat([uniq, pad])
-            return Backbone.project(proj, feats.index_select(0, uniq))[inverse]
+            return take(Backbone.project(proj, feats.index_select(0, uniq)), inverse)
         if feats.dtype == torch.float32:
             return proj(feats)
         bias = None if proj.bias is None else proj.bias.to(feats.dtype)
@@ -215,6 +215,12 @@ class Backbone(nn.Module):
     @torch.no_grad()
     def item_embeddings(self) -> torch.Tensor:
         return self.final_embeddings()[1]
+
+    def noise_scores(self, users, items):
+        """A model that weights its own feedback (DA-MRS) scores the given training (user, item)
+        pairs as likely noise, higher = more suspicious, as a numpy array; the detection metrics
+        use it when the denoiser has no scores. None: the model has none."""
+        return None
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone")

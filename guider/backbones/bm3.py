@@ -57,7 +57,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from ..graphs import lightgcn_propagate
+from ..graphs import lightgcn_propagate, take
 
 
 @dataclass
@@ -159,7 +159,7 @@ class BM3(Backbone):
         # the full online view h~ (the ranking representations) only if a denoiser asks for it
         self.remember(batch, None, None)
         self._step_encoding = (users, items)
-        h_u, h_i = users[batch.users], items[batch.pos]
+        h_u, h_i = take(users, batch.users), take(items, batch.pos)
         masks = self.dropout_masks(len(batch), 2 + len(self.modalities), h_u.device)
         t_u, t_i = self._target(h_u, masks[0]), self._target(h_i, masks[1])
         main = cosine_loss(self.predictor(h_u), t_i) + cosine_loss(self.predictor(h_i), t_u)

@@ -52,7 +52,7 @@ from torch import nn
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
 from ..graphs import (bipartite_adjacency, degree_sensitive_prune, knn_graph, lightgcn_propagate,
-                     mix_graphs, spmm, transpose_csr, unit_rows)
+                     mix_graphs, spmm, take, transpose_csr, unit_rows)
 from .losses import bpr_terms, l2_reg
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,8 @@ class Freedom(Backbone):
     def losses(self, batch: Batch) -> Losses:
         users, items = self.propagate(self.ui_graph())
         self.remember(batch, users, items)
-        u = users[batch.users]
-        i, j = items[torch.cat([batch.pos, batch.neg])].chunk(2)
+        u = take(users, batch.users)
+        i, j = take(items, torch.cat([batch.pos, batch.neg])).chunk(2)
         main = bpr_terms((u * i).sum(-1), (u * j).sum(-1))
         mm = main.new_zeros(())
         for k, proj in enumerate(self.proj):

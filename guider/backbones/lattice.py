@@ -59,7 +59,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from ..graphs import (frozen_knn_topk, knn_topk, lightgcn_propagate, spmm,
+from ..graphs import (frozen_knn_topk, knn_topk, lightgcn_propagate, spmm, take,
                      transpose_csr, unit_rows)
 from .losses import bpr_terms, l2_reg
 
@@ -91,7 +91,7 @@ def sym_norm_knn(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     positive (an all-zero feature row) gets weight 0."""
     deg = values.sum(1)
     dinv = torch.where(deg > 0, deg.clamp(min=1e-12).rsqrt(), torch.zeros_like(deg))
-    return dinv[:, None] * values * dinv[indices]
+    return dinv[:, None] * values * take(dinv, indices)
 
 
 def knn_csr(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -107,7 +107,7 @@ def knn_csr(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 def knn_matmul(values: torch.Tensor, indices: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """y_r = sum_t values[r, t] x[indices[r, t]]: a kNN-graph product differentiable in both the
     edge values and x (memory n x k x d)."""
-    return torch.einsum("nk,nkd->nd", values, x[indices])
+    return torch.einsum("nk,nkd->nd", values, take(x, indices))
 
 
 @BACKBONES.register("lattice", LatticeConfig)
@@ -154,7 +154,7 @@ class Lattice(Backbone):
             vals, idx = knn_topk(z.detach(), self.cfg.knn_k, self.cfg.knn_block_size,
                                  exclude_self=False, knob="backbone.knn_block_size")
         if torch.is_grad_enabled():
-            vals = (z.unsqueeze(1) * z[idx]).sum(-1)
+            vals = (z.unsqueeze(1) * take(z, idx)).sum(-1)
         return sym_norm_knn(vals, idx), idx
 
     def _detached(self, vals: torch.Tensor, idx: torch.Tensor) -> tuple:
@@ -220,8 +220,8 @@ class Lattice(Backbone):
     def losses(self, batch: Batch) -> Losses:
         users, items = self.propagate()
         self.remember(batch, users, items)
-        u = users[batch.users]
-        i, j = items[torch.cat([batch.pos, batch.neg])].chunk(2)
+        u = take(users, batch.users)
+        i, j = take(items, torch.cat([batch.pos, batch.neg])).chunk(2)
         main = bpr_terms((u * i).sum(-1), (u * j).sum(-1))
         return Losses(main, {"reg": self.cfg.reg_weight * l2_reg(u, i, j)})
 

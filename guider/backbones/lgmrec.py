@@ -60,8 +60,8 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from ..graphs import (bipartite_adjacency, lightgcn_propagate, spmm, sym_spmm, transpose_csr,
-                     user_item_matrix)
+from ..graphs import (bipartite_adjacency, lightgcn_propagate, spmm, sym_spmm, take,
+                     transpose_csr, user_item_matrix)
 from .losses import bpr_terms
 
 
@@ -198,8 +198,8 @@ class LGMRec(Backbone):
         _, final, ghe = self.embed()
         users, items = final[: self.n_users], final[self.n_users:]
         self.remember(batch, users, items)
-        u = users[batch.users]
-        i, j = items[torch.cat([batch.pos, batch.neg])].chunk(2)
+        u = take(users, batch.users)
+        i, j = take(items, torch.cat([batch.pos, batch.neg])).chunk(2)
         main = bpr_terms((u * i).sum(-1), (u * j).sum(-1))
         cl = main.new_zeros(())
         pairs = list(itertools.combinations(range(len(ghe)), 2))
@@ -207,8 +207,8 @@ class LGMRec(Backbone):
         for m, n in pairs:
             gu_m, gi_m = ghe[m][: self.n_users], ghe[m][self.n_users:]
             gu_n, gi_n = ghe[n][: self.n_users], ghe[n][self.n_users:]
-            cl = cl + (info_nce_sum(gu_m[batch.users], gu_n, batch.users, t)
-                       + info_nce_sum(gi_m[batch.pos], gi_n, batch.pos, t))
+            cl = cl + (info_nce_sum(take(gu_m, batch.users), gu_n, batch.users, t)
+                       + info_nce_sum(take(gi_m, batch.pos), gi_n, batch.pos, t))
         if pairs:
             cl = cl / len(pairs)
         reg = (u.norm() + i.norm() + j.norm()) / len(u)  # authors' form: unsquared norms

@@ -45,7 +45,7 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from ..graphs import (knn_graph, lightgcn_propagate, spmm, transpose_csr, unit_rows,
+from ..graphs import (knn_graph, lightgcn_propagate, spmm, take, transpose_csr, unit_rows,
                      user_item_graphs)
 from .losses import bpr_terms, info_nce, l2_reg
 
@@ -132,13 +132,13 @@ class MGCN(Backbone):
         out = e_id + e_mm
         users, items = out[: self.n_users], out[self.n_users:]
         self.remember(batch, users, items)
-        u = users[batch.users]
-        i, j = items[torch.cat([batch.pos, batch.neg])].chunk(2)
+        u = take(users, batch.users)
+        i, j = take(items, torch.cat([batch.pos, batch.neg])).chunk(2)
         main = bpr_terms((u * i).sum(-1), (u * j).sum(-1))
         t = self.cfg.cl_temperature
         pos = batch.pos + self.n_users
-        cl = (info_nce(e_mm[batch.users], e_id[batch.users], t)
-              + info_nce(e_mm[pos], e_id[pos], t))
+        cl = (info_nce(take(e_mm, batch.users), take(e_id, batch.users), t)
+              + info_nce(take(e_mm, pos), take(e_id, pos), t))
         reg = l2_reg(u, i, j)
         return Losses(main, {"cl": self.cfg.cl_weight * cl, "reg": self.cfg.reg_weight * reg})
 

@@ -78,8 +78,8 @@ from torch import nn
 
 from ..data import Batch, Interactions
 from .base import BACKBONES, Backbone, BackboneConfig, Losses, require_at_least
-from ..graphs import (knn_graph, lightgcn_propagate, max_pool_graphs, spmm, transpose_csr,
-                     unit_rows, user_item_graphs)
+from ..graphs import (knn_graph, lightgcn_propagate, max_pool_graphs, spmm, take,
+                     transpose_csr, unit_rows, user_item_graphs)
 from .losses import bpr_terms, info_nce, l2_reg
 
 
@@ -244,12 +244,13 @@ class SMORE(Backbone):
         out = h_id + h_side
         users, items = out[: self.n_users], out[self.n_users:]
         self.remember(batch, users, items)
-        u = users[batch.users]
-        i, j = items[torch.cat([batch.pos, batch.neg])].chunk(2)
+        u = take(users, batch.users)
+        i, j = take(items, torch.cat([batch.pos, batch.neg])).chunk(2)
         main = bpr_terms((u * i).sum(-1), (u * j).sum(-1))
         t = self.cfg.cl_temperature
         pos = batch.pos + self.n_users
-        cl = info_nce(h_side[pos], h_id[pos], t) + info_nce(h_side[batch.users], h_id[batch.users], t)
+        cl = (info_nce(take(h_side, pos), take(h_id, pos), t)
+              + info_nce(take(h_side, batch.users), take(h_id, batch.users), t))
         reg = l2_reg(u, i, j)
         return Losses(main, {"cl": self.cfg.cl_weight * cl, "reg": self.cfg.reg_weight * reg})
 

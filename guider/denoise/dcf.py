@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from ..backbones import Backbone
 from ..data import Batch, Interactions
+from ..graphs import take
 from .base import DENOISERS, Denoiser, DenoiseConfig, check_choice, check_rate
 from .tce import drop_rate_at, n_kept
 
@@ -163,9 +164,9 @@ class DCF(Denoiser):
             return {}
         _, rows, n_keep = pending
         users, items = backbone.batch_embeddings(batch)
-        u = users[batch.users[rows]]
-        y_ui = (u * items[batch.pos[rows]]).sum(-1)
-        y_uj = (u * items[batch.neg[rows]]).sum(-1)
+        u = take(users, batch.users[rows])
+        y_ui = (u * take(items, batch.pos[rows])).sum(-1)
+        y_uj = (u * take(items, batch.neg[rows])).sum(-1)
         # the relabelled pair, reversed: -log sigmoid(y_uj - y_ui)
         return {"relabel": F.softplus(y_ui - y_uj).sum() / max(1, n_keep)}
 

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from ..backbones import BACKBONES, Backbone, build_backbone
 from ..data import Batch, Interactions
+from ..graphs import take
 from ..optim import make_adam
 from .base import DENOISERS, Denoiser, DenoiseConfig, check_choice, check_rate
 from .tce import RunningScore
@@ -85,8 +86,8 @@ def bernoulli_kl(p_logit: torch.Tensor, q_logit: torch.Tensor) -> torch.Tensor:
 
 def pair_logits(users: torch.Tensor, items: torch.Tensor,
                 batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    u = users[batch.users]
-    return (u * items[batch.pos]).sum(-1), (u * items[batch.neg]).sum(-1)
+    u = take(users, batch.users)
+    return (u * take(items, batch.pos)).sum(-1), (u * take(items, batch.neg)).sum(-1)
 
 
 def deca_terms(f: tuple[torch.Tensor, torch.Tensor], g: tuple[torch.Tensor, torch.Tensor],

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 from ..sizecheck import check_size
@@ -22,6 +24,18 @@ warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitl
 BYTES_PER_SIM = 8
 BYTES_PER_ADJ_INTERACTION = 2 * 72
 KNN_KNOB = "the kNN block size (backbone.knn_block_size, denoise.amsc.knn_block)"
+
+
+def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The rows ``x[index]`` (any index shape: the result is ``index.shape + x.shape[1:]``) by
+    ``index_select``. Use it for every differentiable row gather: on the CPU the backward pass of
+    advanced indexing (an accumulating ``index_put_``) adds duplicate rows in a thread-dependent
+    order when more than one thread runs, so the same seed gave different numbers; the backward
+    of ``index_select`` (``index_add_``) is deterministic, and with one thread both give the same
+    bits (tests/test_determinism.py)."""
+    if index.dim() == 1:
+        return x.index_select(0, index)
+    return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:])
 
 
 def sym_norm_values(rows: torch.Tensor, cols: torch.Tensor, n: int,
@@ -335,3 +349,91 @@ def degree_sensitive_prune(users: torch.Tensor, items: torch.Tensor, n_users: in
     race = torch.empty(n_edges, device=users.device).exponential_(generator=generator) / w
     kept = race.topk(n_keep, largest=False, sorted=False).indices
     return kept.sort().values
+
+
+# --- Denoised item-item graphs of DA-MRS (Xu et al., KDD 2024): modality kNN graphs pruned by
+# --- cross-modal consistency, and the behaviour (co-occurrence) graph of the training data.
+
+
+def mean_cosine(z: torch.Tensor) -> float:
+    """Mean of every entry of the n x n inner-product matrix z z^T (self-pairs included), in
+    closed form: |sum_i z_i|^2 / n^2, without forming the matrix."""
+    z = z.double()
+    s = z.sum(0)
+    return float(s @ s) / float(z.shape[0]) ** 2
+
+
+def sparse_row_graph(rows: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
+    """The 0/1 graph of the (row, col) entries, normalised D^-1/2 S D^-1/2 with D the row sums
+    (as ``knn_graph``), as a sparse CSR (n, n) tensor; rows may have any number of entries."""
+    w = torch.ones(len(rows))
+    deg = torch.zeros(n).index_add_(0, rows, w)
+    dinv = deg.pow(-0.5)
+    dinv[deg == 0] = 0.0
+    vals = dinv[rows] * dinv[cols]
+    s = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n),
+                                check_invariants=False).coalesce()
+    return s.to_sparse_csr()
+
+
+def consistent_knn_graphs(zs: list[torch.Tensor], k: int, block_size: int = 2048,
+                          knob: str = KNN_KNOB) -> list[torch.Tensor]:
+    """One kNN graph per modality, pruned by cross-modal consistency (DA-MRS, Eq. 1-2): with
+    S^m = z^m z^m^T (unit rows: cosine) and mu_m the mean of S^m over all pairs, the entry (i, j)
+    is removed from *every* modality's graph when S^m_ij < mu_m for *any* modality m; each item
+    then keeps, per modality, its ``k`` most similar remaining items (itself included: its
+    self-similarity is 1, above any mean), fewer when fewer remain. 0/1 graphs normalised with
+    their row sums (``sparse_row_graph``). Computed ``block_size`` rows at a time: memory
+    O(M x block_size x n), never n x n. One modality: its own mean alone prunes."""
+    if not zs:
+        raise ValueError("consistent_knn_graphs needs at least one modality")
+    n = zs[0].shape[0]
+    rows_per = min(block_size, n)
+    check_size(f"a consistency-pruned kNN block ({len(zs)} modalities x {rows_per:,} x {n:,} "
+               f"items)", len(zs) * rows_per * n * BYTES_PER_SIM, knob, zs[0].device)
+    means = [mean_cosine(z) for z in zs]
+    kk = min(k, n)
+    rows_out: list[list[torch.Tensor]] = [[] for _ in zs]
+    cols_out: list[list[torch.Tensor]] = [[] for _ in zs]
+    with torch.no_grad():
+        zts = [z.t().contiguous() for z in zs]
+        for start in range(0, n, block_size):
+            stop = min(start + block_size, n)
+            sims = [z[start:stop] @ zt for z, zt in zip(zs, zts)]
+            inconsistent = torch.zeros_like(sims[0], dtype=torch.bool)
+            for s, mu in zip(sims, means):
+                inconsistent |= s < mu
+            for m, s in enumerate(sims):
+                s = s.masked_fill(inconsistent, -torch.inf)
+                vals, idx = s.topk(kk, dim=1)
+                keep = torch.isfinite(vals)
+                r = torch.arange(start, stop).unsqueeze(1).expand_as(idx)
+                rows_out[m].append(r[keep])
+                cols_out[m].append(idx[keep])
+    return [sparse_row_graph(torch.cat(r), torch.cat(c), n) for r, c in zip(rows_out, cols_out)]
+
+
+def cooccurrence_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
+                       k: int, min_common: int = 2) -> torch.Tensor:
+    """DA-MRS's behaviour graph: items i != j are linked when at least ``min_common`` users have
+    both among the given (training) interactions; each item keeps its ``k`` partners with the
+    most common users (ties: the lower item index) and a self-loop; 0/1 entries normalised with
+    the row sums (``sparse_row_graph``). The co-occurrence counts R^T R are a sparse product, never
+    an n x n dense matrix. Duplicated (user, item) pairs count once."""
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    r = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)),
+                      shape=(n_users, n_items))
+    r.data[:] = 1.0  # duplicates were summed: count each (user, item) once
+    c = (r.T @ r).tocoo()
+    off = (c.row != c.col) & (c.data >= min_common)
+    row, col, cnt = c.row[off], c.col[off], c.data[off]
+    order = np.lexsort((col, -cnt, row))  # by row, then count descending, then column
+    row, col = row[order], col[order]
+    starts = np.searchsorted(row, row, side="left")
+    rank = np.arange(len(row)) - starts
+    keep = rank < k
+    loops = np.arange(n_items)
+    rows = torch.as_tensor(np.concatenate([loops, row[keep]]), dtype=torch.long)
+    cols = torch.as_tensor(np.concatenate([loops, col[keep]]), dtype=torch.long)
+    return sparse_row_graph(rows, cols, n_items)

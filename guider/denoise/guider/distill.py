@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ...data import Batch
+from ...graphs import take
 from ...sizecheck import check_size
 
 @dataclass
@@ -191,7 +192,7 @@ class Distiller:
         users, cand = self.sample(batch, teacher_top)
         dev = student_users.device
         users, cand = users.to(dev), cand.to(dev)
-        s = student_users[users] @ student_items[cand].t()
+        s = take(student_users, users) @ take(student_items, cand).t()
         with torch.no_grad():
             t = teacher_users[users] @ teacher_items[cand].t()
         if self.cfg.type == "kl":
