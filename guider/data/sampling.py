@@ -30,6 +30,16 @@ def contains_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return sorted_keys[pos] == keys
 
 
+def later_duplicates(keys: np.ndarray) -> np.ndarray:
+    """True at every occurrence of a key but its first."""
+    order = np.argsort(keys, kind="stable")
+    later = np.zeros(len(keys), dtype=bool)
+    later[1:] = keys[order[1:]] == keys[order[:-1]]
+    dup = np.empty(len(keys), dtype=bool)
+    dup[order] = later
+    return dup
+
+
 def sample_absent_pairs(
     rng: np.random.Generator,
     n_items: int,
@@ -70,13 +80,7 @@ def sample_absent_pairs(
     for _ in range(MAX_ROUNDS):
         keys = users[todo] * n_items + items[todo]
         clash = contains_sorted(forbidden, keys) | contains_sorted(accepted, keys)
-        # duplicates within this round: keep the first occurrence
-        order = np.argsort(keys, kind="stable")
-        later = np.zeros(len(keys), dtype=bool)
-        later[1:] = keys[order[1:]] == keys[order[:-1]]
-        dup = np.empty(len(keys), dtype=bool)
-        dup[order] = later
-        clash |= dup
+        clash |= later_duplicates(keys)  # duplicates within this round: keep the first
         # the new keys are distinct and absent from ``accepted``: the union is a plain merge
         accepted = np.sort(np.concatenate([accepted, keys[~clash]]))
         todo = todo[clash]

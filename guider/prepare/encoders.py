@@ -112,108 +112,16 @@ def text_model_dir(model_dir: str | Path | None = None) -> Path:
 
 
 def _bert_modules(cfg: dict):
-    """A BERT encoder whose parameter names match the Hugging Face checkpoint, built lazily so
-    that importing this module does not import torch."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-    inter, eps = cfg["intermediate_size"], cfg.get("layer_norm_eps", 1e-12)
+    """A BERT encoder whose parameter names match the Hugging Face checkpoint (``bert.Bert``),
+    imported lazily so that importing this module does not import torch."""
     if cfg.get("hidden_act", "gelu") != "gelu":
         raise PrepareError(f"text model config: hidden_act {cfg.get('hidden_act')!r} is not supported "
                            f"(all-MiniLM-L6-v2 uses 'gelu')")
     if cfg.get("position_embedding_type", "absolute") != "absolute":
         raise PrepareError("text model config: only absolute position embeddings are supported")
+    from .bert import Bert
 
-    class Embeddings(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.word_embeddings = nn.Embedding(cfg["vocab_size"], hidden)
-            self.position_embeddings = nn.Embedding(cfg["max_position_embeddings"], hidden)
-            self.token_type_embeddings = nn.Embedding(cfg["type_vocab_size"], hidden)
-            self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
-
-        def forward(self, ids, type_ids):
-            pos = torch.arange(ids.shape[1], device=ids.device)
-            x = (self.word_embeddings(ids) + self.position_embeddings(pos)[None]
-                 + self.token_type_embeddings(type_ids))
-            return self.LayerNorm(x)
-
-    class SelfAttention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.query = nn.Linear(hidden, hidden)
-            self.key = nn.Linear(hidden, hidden)
-            self.value = nn.Linear(hidden, hidden)
-
-        def forward(self, x, mask):
-            b, n, _ = x.shape
-
-            def split(t):
-                return t.view(b, n, heads, hidden // heads).transpose(1, 2)
-
-            ctx = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)),
-                                                 split(self.value(x)), attn_mask=mask)
-            return ctx.transpose(1, 2).reshape(b, n, hidden)
-
-    class DenseNorm(nn.Module):
-        def __init__(self, n_in):
-            super().__init__()
-            self.dense = nn.Linear(n_in, hidden)
-            self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
-
-        def forward(self, h, residual):
-            return self.LayerNorm(self.dense(h) + residual)
-
-    class Attention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.add_module("self", SelfAttention())  # the checkpoint's name: attention.self.*
-            self.output = DenseNorm(hidden)
-
-        def forward(self, x, mask):
-            return self.output(getattr(self, "self")(x, mask), x)
-
-    class Intermediate(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.dense = nn.Linear(hidden, inter)
-
-        def forward(self, x):
-            return F.gelu(self.dense(x))  # exact (erf) GELU, as BERT's "gelu"
-
-    class Layer(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attention = Attention()
-            self.intermediate = Intermediate()
-            self.output = DenseNorm(inter)
-
-        def forward(self, x, mask):
-            a = self.attention(x, mask)
-            return self.output(self.intermediate(a), a)
-
-    class Encoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layer = nn.ModuleList(Layer() for _ in range(cfg["num_hidden_layers"]))
-
-    class Bert(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embeddings = Embeddings()
-            self.encoder = Encoder()
-
-        def forward(self, ids, type_ids, attention_mask):
-            x = self.embeddings(ids, type_ids)
-            # boolean mask: True = attend; broadcast over heads and query positions
-            mask = attention_mask.bool()[:, None, None, :]
-            for layer in self.encoder.layer:
-                x = layer(x, mask)
-            return x
-
-    return Bert()
+    return Bert(cfg)
 
 
 class MiniLMEncoder:

@@ -27,6 +27,18 @@ from .common import (FeatureReport, OutputFolder, PrepareError, check_known_ids,
 from .features import encode_images, encode_texts
 
 
+def listed_image_paths(image_table, base: Path, items) -> list[Path | None]:
+    """Each item's image path from an (item, path) table, relative paths taken from ``base``
+    (the list's folder); None for an item without one."""
+    lookup = {}
+    for item, value in zip(image_table["item"], image_table["value"]):
+        value = str(value).strip()
+        if value:
+            p = Path(value)
+            lookup[item] = p if p.is_absolute() else base / p
+    return [lookup.get(str(i)) for i in items]
+
+
 def run(args) -> Path:
     started = time.perf_counter()
     inter = require_file(args.interactions, "interactions file")
@@ -72,14 +84,7 @@ def run(args) -> Path:
     if image_table is not None or image_dir is not None:
         if image_table is not None:
             provenance.append(("image list", images))
-            base = images.parent
-            lookup = {}
-            for item, value in zip(image_table["item"], image_table["value"]):
-                value = str(value).strip()
-                if value:
-                    p = Path(value)
-                    lookup[item] = p if p.is_absolute() else base / p
-            paths = [lookup.get(str(i)) for i in items]
+            paths = listed_image_paths(image_table, images.parent, items)
             extra = {"image_rows_for_unknown_items_dropped": unknown["image"]}
         else:
             provenance.append(("image folder", image_dir))

@@ -83,8 +83,8 @@ def read_pairs(path: Path, args) -> pd.DataFrame:
                              time_col=args.time_col, use_rating=False)
 
 
-def run(args) -> Path:
-    started = time.perf_counter()
+def input_files(args) -> tuple[Path, Path | None]:
+    """The pairs file and the titles file (None with --no-text), given or found in RAW_DIR."""
     raw_dir = Path(args.raw_dir) if args.raw_dir else None
     if raw_dir is not None and not raw_dir.is_dir():
         raise PrepareError(f"{raw_dir}: not a folder (the official MicroLens files go there)")
@@ -107,6 +107,12 @@ def run(args) -> Path:
             raise PrepareError("text features need the titles file: give --titles, or --no-text")
         if not titles.is_file():
             raise PrepareError(f"titles file not found: {titles}")
+    return pairs, titles
+
+
+def run(args) -> Path:
+    started = time.perf_counter()
+    pairs, titles = input_files(args)
     covers = Path(args.covers) if args.covers else None
 
     folder = OutputFolder(args.out, args.name, args.overwrite)

@@ -591,6 +591,45 @@ def fixed_settings(runs: pd.DataFrame, group_keys: list[str]) -> list[str]:
             if c in runs and c not in group_keys and not _missing(runs[c].iloc[0])]
 
 
+def _plot_vs_ratio(ax, summary: pd.DataFrame, col: str, label: str, keys: list[str],
+                   context: str) -> str:
+    """One line per setting (mean, ± std band) against noise.ratio; returns the file name."""
+    mean, std = f"{col} mean", f"{col} std"
+    series_keys = [k for k in keys if k != "noise.ratio"]
+    data = summary[summary[mean].notna()].copy()
+    data["__series"] = [_label(r, series_keys, context or "all runs") for _, r in data.iterrows()]
+    for name, part in data.groupby("__series", sort=True):
+        part = part.sort_values("noise.ratio", key=_sort_key)
+        x = pd.to_numeric(part["noise.ratio"], errors="coerce").to_numpy(float)
+        y = part[mean].to_numpy(float)
+        s = part[std].fillna(0.0).to_numpy(float)
+        line, = ax.plot(x, y, marker="o", label=name)
+        ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("noise ratio")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{label} vs injected noise (mean ± std over seeds)"
+                 + (f"\n{context}" if context else ""), fontsize=9)
+    return f"{_slug(label)}_vs_noise_ratio.png"
+
+
+def _plot_bars(ax, summary: pd.DataFrame, col: str, label: str, keys: list[str],
+               context: str) -> str:
+    """One bar per setting (± std error bars); returns the file name."""
+    mean, std = f"{col} mean", f"{col} std"
+    data = summary[summary[mean].notna()]
+    labels = [_label(r, keys) for _, r in data.iterrows()]
+    pos = list(range(len(labels)))
+    ax.bar(pos, data[mean].to_numpy(float), yerr=data[std].fillna(0.0).to_numpy(float),
+           capsize=4, color="tab:blue", alpha=0.8)
+    ax.set_xticks(pos)
+    tilt = len(labels) > 3
+    ax.set_xticklabels(labels, rotation=30 if tilt else 0, ha="right" if tilt else "center",
+                       fontsize=8)
+    ax.set_title(f"{label} (mean ± std over seeds)" + (f"\n{context}" if context else ""),
+                 fontsize=9)
+    return f"{_slug(label)}_bars.png"
+
+
 def write_figures(summary: pd.DataFrame, group_keys: list[str], out_dir: Path,
                   metrics: Iterable[tuple[str, str, bool]] = DEFAULT_METRICS,
                   context: str = "") -> list[Path]:
@@ -609,40 +648,14 @@ def write_figures(summary: pd.DataFrame, group_keys: list[str], out_dir: Path,
     if not plotted:
         return written
     out_dir.mkdir(parents=True, exist_ok=True)
+    by_ratio = "noise.ratio" in keys
     for col, label, _ in plotted:
-        n_bars = len(summary) if "noise.ratio" not in keys else 0
+        n_bars = 0 if by_ratio else len(summary)
         fig = Figure(figsize=(max(6.4, 0.45 * n_bars), 4.4), dpi=120)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        mean, std = f"{col} mean", f"{col} std"
-        if "noise.ratio" in keys:
-            series_keys = [k for k in keys if k != "noise.ratio"]
-            data = summary[summary[mean].notna()].copy()
-            data["__series"] = [_label(r, series_keys, context or "all runs") for _, r in data.iterrows()]
-            for name, part in data.groupby("__series", sort=True):
-                part = part.sort_values("noise.ratio", key=_sort_key)
-                x = pd.to_numeric(part["noise.ratio"], errors="coerce").to_numpy(float)
-                y = part[mean].to_numpy(float)
-                s = part[std].fillna(0.0).to_numpy(float)
-                line, = ax.plot(x, y, marker="o", label=name)
-                ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2, linewidth=0)
-            ax.set_xlabel("noise ratio")
-            name = f"{_slug(label)}_vs_noise_ratio.png"
-            ax.legend(fontsize=8)
-            ax.set_title(f"{label} vs injected noise (mean ± std over seeds)"
-                         + (f"\n{context}" if context else ""), fontsize=9)
-        else:
-            data = summary[summary[mean].notna()]
-            labels = [_label(r, keys) for _, r in data.iterrows()]
-            pos = list(range(len(labels)))
-            ax.bar(pos, data[mean].to_numpy(float), yerr=data[std].fillna(0.0).to_numpy(float),
-                   capsize=4, color="tab:blue", alpha=0.8)
-            ax.set_xticks(pos)
-            ax.set_xticklabels(labels, rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center",
-                               fontsize=8)
-            name = f"{_slug(label)}_bars.png"
-            ax.set_title(f"{label} (mean ± std over seeds)" + (f"\n{context}" if context else ""),
-                         fontsize=9)
+        plot = _plot_vs_ratio if by_ratio else _plot_bars
+        name = plot(ax, summary, col, label, keys, context)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         with warnings.catch_warnings():
