@@ -147,11 +147,16 @@ class EvalConfig:
 class LoggerConfig:
     """Experiment tracking (conf/logger/, guider/tracking.py): never part of a run's identity."""
 
-    name: str = "csv"  # csv | tensorboard | mlflow
-    dir: Optional[str] = None  # tensorboard: event folder (default <run dir>/tensorboard)
+    name: str = "csv"  # csv | tensorboard | mlflow | wandb
+    # tensorboard: event folder (default <run dir>/tensorboard); wandb: the folder its run
+    # folder goes into (default the run dir)
+    dir: Optional[str] = None
     tracking_uri: Optional[str] = None  # mlflow: default sqlite:///<cwd>/outputs/mlflow.db
-    experiment: Optional[str] = None  # mlflow: default the sweep folder's name, else "guider"
+    # mlflow: the experiment, wandb: the group; default the sweep folder's name, else "guider"
+    experiment: Optional[str] = None
     artifacts: bool = True  # mlflow: the run folder's files (no checkpoints) as artifacts
+    project: str = "guider"  # wandb: the project
+    mode: str = "offline"  # wandb: offline (local files, no network) | online | disabled
 
 
 @dataclass

@@ -12,6 +12,11 @@
   (``@`` becomes ``_at_``: MLflow refuses it in names); artifacts: the run folder's files
   without checkpoints. The runs of one sweep share an experiment named after the sweep folder.
   Needs ``mlflow`` (``pip install 'guider[mlflow]'``).
+- ``wandb``: Weights & Biases, offline by default (``logger.mode``): the run is written under
+  ``<run dir>/wandb/offline-run-*`` (or ``logger.dir``) without any network use, to be uploaded
+  later with ``wandb sync`` if wanted. Config flattened, metrics per evaluated epoch
+  (step = epoch), test metrics and the detection AUC in the run summary; a sweep's runs share the
+  group named after the sweep folder. Needs ``wandb`` (``pip install 'guider[wandb]'``).
 
 A tracker never costs a run: a missing package fails before any work, naming the extra; a
 tracker that raises during the run is switched off with a warning, and metrics.json is written
@@ -26,8 +31,9 @@ from typing import Any, Callable
 
 log = logging.getLogger("guider")
 
-LOGGERS = ("csv", "tensorboard", "mlflow")
-EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
+WANDB_MODES = ("offline", "online", "disabled")
+EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -73,6 +79,13 @@ class Tracker:
 
     def finish(self, metrics: dict | None, status: str = "FINISHED") -> None:
         self._safe("finishing", lambda: self._finish(metrics, status))
+
+    def experiment_name(self) -> str:
+        """``logger.experiment``, else the sweep folder's name for a sweep run, else guider."""
+        if self.cfg.experiment:
+            return str(self.cfg.experiment)
+        sweep = self.run_dir.parent
+        return sweep.name if (sweep / "multirun.yaml").is_file() else "guider"
 
     def _start(self) -> None:
         pass
@@ -125,12 +138,6 @@ class MLflowTracker(Tracker):
         self.mlflow = mlflow
         self.run = None
 
-    def experiment_name(self) -> str:
-        if self.cfg.experiment:
-            return str(self.cfg.experiment)
-        sweep = self.run_dir.parent
-        return sweep.name if (sweep / "multirun.yaml").is_file() else "guider"
-
     def _start(self) -> None:
         mlflow = self.mlflow
         outputs = Path("outputs").resolve()
@@ -173,8 +180,43 @@ class MLflowTracker(Tracker):
         mlflow.end_run(status=status)
 
 
+class WandbTracker(Tracker):
+    name = "wandb"
+
+    def __init__(self, cfg: Any, run_dir: Path, config: dict):
+        super().__init__(cfg, run_dir, config)
+        import wandb  # needs the wandb package
+
+        self.wandb = wandb
+        self.run = None
+
+    def _start(self) -> None:
+        folder = Path(self.cfg.dir) if self.cfg.dir else self.run_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        settings = self.wandb.Settings(silent=True, console="off", x_disable_stats=True)
+        self.run = self.wandb.init(mode=self.cfg.mode, dir=str(folder), project=self.cfg.project,
+                                   group=self.experiment_name(), name=self.run_dir.name,
+                                   config=flatten(self.config), settings=settings)
+
+    def _log_eval(self, row: dict) -> None:
+        values = {("train/loss" if k == "loss" else f"valid/{metric_name(k)}"): float(v)
+                  for k, v in row.items() if k != "epoch"}
+        self.run.log(values, step=int(row["epoch"]))
+
+    def _finish(self, metrics: dict | None, status: str) -> None:
+        if metrics:
+            summary = {f"test/{metric_name(k)}": float(v)
+                       for k, v in (metrics.get("test") or {}).items()}
+            det = metrics.get("detection") or {}
+            if det.get("auc") is not None:
+                summary["detection/auc"] = float(det["auc"])
+            summary["best_epoch"] = int(metrics.get("best_epoch", 0))
+            self.run.summary.update(summary)
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
 TRACKERS: dict[str, type[Tracker]] = {"csv": Tracker, "tensorboard": TensorBoardTracker,
-                                      "mlflow": MLflowTracker}
+                                      "mlflow": MLflowTracker, "wandb": WandbTracker}
 
 
 def make_tracker(cfg: Any, run_dir: Path, config: dict) -> Tracker:
@@ -182,6 +224,8 @@ def make_tracker(cfg: Any, run_dir: Path, config: dict) -> Tracker:
     work, naming the extra that installs it."""
     if cfg.name not in TRACKERS:
         raise ValueError(f"logger={cfg.name!r}: choose one of {', '.join(LOGGERS)}")
+    if cfg.name == "wandb" and cfg.mode not in WANDB_MODES:
+        raise ValueError(f"logger.mode={cfg.mode!r}: choose one of {', '.join(WANDB_MODES)}")
     try:
         return TRACKERS[cfg.name](cfg, run_dir, config)
     except ImportError as err:
