@@ -5,7 +5,7 @@
     guider-eval <run dir> eval.topk=[10,100] eval.valid_metric=Recall@10 data_dir=/elsewhere
 
 Loads the run's resolved ``config.yaml``, applies the ``key=value`` overrides (evaluation keys,
-``data_dir``, ``device``, ``noise.*`` to evaluate under another noise setting's masks), rebuilds
+``data_dir``, ``device``, ``noise.*`` or a whole ``noise=<name>`` to evaluate under another noise setting's masks), rebuilds
 the data and the model, loads ``checkpoints/best.pt`` (or ``--checkpoint last``), evaluates valid
 and test, prints the same summary line as training and writes ``eval-<tag>.json`` into the run
 folder (or ``--out``). Refuses data whose interactions differ from the training run's (by the
@@ -25,6 +25,8 @@ log = logging.getLogger("guider")
 
 # config keys an evaluation may change without making the checkpoint meaningless
 ALLOWED = ("eval.", "data_dir", "device", "threads", "noise.", "graph_cache.")
+# config groups an evaluation may switch as a whole (``noise=none``: conf/noise/none.yaml)
+GROUPS = ("noise",)
 
 
 def load_run_config(run_dir: Path, overrides: list[str], checkpoint: str):
@@ -32,6 +34,7 @@ def load_run_config(run_dir: Path, overrides: list[str], checkpoint: str):
     ``ALLOWED``), after checking the folder holds a config and the checkpoint."""
     from omegaconf import OmegaConf
 
+    from .config import CONF_DIR
     from .identity import current_form
 
     cfg_path = run_dir / "config.yaml"
@@ -41,13 +44,25 @@ def load_run_config(run_dir: Path, overrides: list[str], checkpoint: str):
             raise FileNotFoundError(f"{path} not found: {run_dir} does not hold {what} (is it a "
                                     f"run folder of guider-train with train.save_checkpoints=true?)")
     allowed = ", ".join(k.rstrip(".") + (".*" if k.endswith(".") else "") for k in ALLOWED)
+    allowed += ", " + ", ".join(f"{g}=<name>" for g in GROUPS)
+    groups, dotted = {}, []
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+")
-        if "=" not in item or not key.startswith(ALLOWED):
+        if "=" in item and key in GROUPS:
+            groups[key] = item.split("=", 1)[1]
+        elif "=" not in item or not key.startswith(ALLOWED):
             raise ValueError(f"override {item!r}: guider-eval takes key=value for {allowed}; "
                              f"the model's own settings come from the run")
+        else:
+            dotted.append(item)
     cfg = OmegaConf.create(current_form(OmegaConf.to_container(OmegaConf.load(cfg_path))))
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    for group, name in groups.items():  # the group's yaml replaces the run's whole section
+        options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+        if name not in options:
+            raise ValueError(f"override {group}={name!r}: choose one of {', '.join(options)}")
+        OmegaConf.update(cfg, group, OmegaConf.load(Path(CONF_DIR) / group / f"{name}.yaml"),
+                         merge=False)
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotted))
     OmegaConf.update(cfg, "train.resume", False, merge=False)
     return cfg, ckpt_path
 
@@ -70,6 +85,7 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best",
                  allow_other_data: bool = False) -> dict:
     """Valid and test metrics of the run's model in ``run_dir`` under ``overrides``."""
     import torch
+    from omegaconf import OmegaConf
 
     from .config import register_schemas
     from .evaluation import build_eval_sets, evaluate
@@ -104,6 +120,7 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best",
         "status": "completed", "run_dir": str(run_dir.resolve()), "checkpoint": checkpoint,
         "recommendations": recommendations,
         "epoch": state.get("epoch"), "overrides": list(overrides),
+        "noise": OmegaConf.to_container(cfg.noise, resolve=True),
         "dataset": job.data.summary(), "data_digest": digest,
         "backbone": job.model.cfg.name, "denoise": job.denoiser.cfg.name,
         "best_epoch": state.get("epoch", trained.get("best_epoch")),
@@ -120,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="guider-eval",
                                      description="Evaluate a trained run again (no retraining).")
     parser.add_argument("run_dir", type=Path, help="a run folder written by guider-train")
-    parser.add_argument("overrides", nargs="*", help="key=value: eval.*, data_dir, device, noise.*")
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value: eval.*, data_dir, device, noise.*, noise=<name>")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the JSON (default: <run_dir>/eval-<time>.json)")

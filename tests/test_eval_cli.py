@@ -122,3 +122,19 @@ def test_an_older_guider_config_is_read_in_the_current_form():
     assert "teacher_dim" not in new["denoise"] and new["denoise"]["teacher_lr"] == 1e-3
     assert config_hash(new) == config_hash(old)  # one run, one identity, either form
     assert current_form({"denoise": {"name": "tce"}}) == {"denoise": {"name": "tce"}}
+
+
+def test_a_whole_noise_group_can_be_switched(tiny_cfg, tmp_path, capsys):
+    """A run trained with injected noise, evaluated under noise=none: the same data before noise
+    (the digest is taken before injection), the clean split's masks, the noise section replaced."""
+    run(tiny_cfg("noise=random", "noise.ratio=0.2", "train.epochs=2"), tmp_path / "run")
+    out = tmp_path / "clean.json"
+    assert main([str(tmp_path / "run"), "noise=none", "--out", str(out)]) == 0
+    clean = json.loads(out.read_text())
+    same = tmp_path / "same.json"
+    assert main([str(tmp_path / "run"), "--out", str(same)]) == 0
+    noisy = json.loads(same.read_text())
+    assert clean["noise"]["type"] == "none" and noisy["noise"]["type"] == "random"
+    assert clean["test"] != noisy["test"]  # the injected pairs are no longer masked
+    assert main([str(tmp_path / "run"), "noise=bogus"]) == 1
+    assert "choose one of" in capsys.readouterr().err
