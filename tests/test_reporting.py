@@ -27,8 +27,9 @@ def hydra_cfg(*overrides: str):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from guider.config import CONF_DIR
+    from guider.config import CONF_DIR, register_schemas
 
+    register_schemas()  # the structured schemas the config's defaults name
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
@@ -340,6 +341,11 @@ def test_pinned_experiments_define_the_grids():
     assert abl.denoise.name == "guider"
     assert dict(abl.hydra.sweeper.params) == {
         "+experiment/variant": "full,no_calibration,no_amsc_dbpr,no_kd,kd_kl,mf_teacher", "seed": "0,1,2"}
+    rec = _hydra_cfg("experiment=recipe_ablation")
+    assert rec.denoise.name == "guider" and rec.train.patience == 50
+    assert dict(rec.hydra.sweeper.params) == {
+        "+experiment/variant": "recipe,recipe_kd_only,recipe_dbpr_only,recipe_graph_only",
+        "seed": "0,1,2"}
     tune = _hydra_cfg("experiment=tune")
     assert "optuna" in tune.hydra.sweeper._target_.lower() and tune.hydra.sweeper.direction == "maximize"
     assert _hydra_cfg("hydra/launcher=parallel").hydra.launcher.n_jobs == 2
@@ -362,6 +368,29 @@ def test_ablation_variants_flip_one_switch(variant, key, value):
     flat = lambda c: {k: v for k, v in pd.json_normalize(OmegaConf.to_container(c, resolve=True)).iloc[0].items()}  # noqa: E731
     diff = {k for k in flat(cfg) if flat(cfg)[k] != flat(full).get(k)}
     assert diff == {key}
+
+
+@pytest.mark.parametrize("variant, expected", [
+    ("recipe", {"denoise.student_dbpr": False, "denoise.dbpr.enabled": True,
+                "denoise.kd.type": "kl", "denoise.kd.candidates": "all", "denoise.graph": False}),
+    ("recipe_kd_only", {"denoise.student_dbpr": False, "denoise.dbpr.enabled": False,
+                        "denoise.kd.type": "kl", "denoise.kd.candidates": "all"}),
+    ("recipe_dbpr_only", {"denoise.student_dbpr": True, "denoise.dbpr.enabled": True,
+                          "denoise.kd.type": "none", "denoise.graph": False}),
+    ("recipe_graph_only", {"denoise.student_dbpr": False, "denoise.dbpr.enabled": True,
+                           "denoise.kd.type": "none", "denoise.graph": True}),
+])
+def test_recipe_variants_set_the_recipe_and_its_parts(variant, expected):
+    """Each variant of experiment=recipe_ablation: the FREEDOM teacher with the authors' preset,
+    and the switches that isolate one part; each validates."""
+    from guider.pipeline import validate
+
+    base = [o for o in TINY if not o.startswith("denoise=")] + ["experiment=recipe_ablation"]
+    cfg = compose_config([*base, f"+experiment/variant={variant}"])
+    assert cfg.denoise.teacher.name == "freedom" and cfg.denoise.teacher.knn_k == 20
+    for key, value in expected.items():
+        assert OmegaConf.select(cfg, key) == value, key
+    validate(cfg)
 
 
 # --- paired comparisons ----------------------------------------------------------------------
