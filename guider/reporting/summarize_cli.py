@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the folder)")
     parser.add_argument("--reference", default="none",
                         help="denoiser that paired differences are taken against (default: none)")
+    parser.add_argument("--reference-backbone", default=None, metavar="BACKBONE",
+                        help="pair across models: every run against --reference on this backbone "
+                             "(e.g. backbone=damrs against lightgcn with denoise=none)")
     parser.add_argument("--eval", dest="evaluation", default=None, metavar="NAME",
                         help="take valid/test metrics from each run's eval-NAME.json (written by "
                              "guider-eval --out <run>/eval-NAME.json) instead of its training")
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from .summary import summarize
 
     result = summarize(args.folder, args.out, reference=args.reference,
-                       evaluation=args.evaluation)
+                       evaluation=args.evaluation, reference_backbone=args.reference_backbone)
     if not args.quiet:
         print(result.markdown)
     for path in result.files:

@@ -388,6 +388,10 @@ class Paired:
     table: pd.DataFrame
     unpaired: pd.DataFrame
     config_keys: list[str]
+    label: str = ""  # what the runs are paired with, e.g. "denoise=none"
+
+    def __post_init__(self) -> None:
+        self.label = self.label or f"denoise={self.reference}"
 
 
 def _at_default(denoiser: str, column: str, value: Any) -> bool:
@@ -445,7 +449,8 @@ def _pair_group(group: pd.DataFrame, partners: list[pd.Series | None], config_co
 
 
 def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str = "none",
-                       metrics: Iterable[tuple[str, str]] = PAIRED_METRICS) -> Paired | None:
+                       metrics: Iterable[tuple[str, str]] = PAIRED_METRICS,
+                       reference_backbone: str | None = None) -> Paired | None:
     """Pair every completed run with the completed run of ``denoise=<reference>`` that shares
     everything but the denoiser: the same seed, the same noise seed and the same values of every
     other varying setting (backbone, noise ratio, ...). The reference is the plain
@@ -455,13 +460,22 @@ def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str
     std / sqrt(n) (sample std, empty for one pair) and n. Runs of other configurations without a
     partner (the reference run missing, failed or unfinished; or the run itself not completed)
     are returned in ``unpaired``, never silently dropped. None when the folder holds no
-    reference run or no other denoiser."""
+    reference run or no other denoiser.
+
+    ``reference_backbone``: pair across models too: the reference is ``denoise=<reference>`` on
+    that backbone, and every run of every backbone is paired with it (a model that denoises by
+    itself, DA-MRS, against the model it builds on)."""
     if not len(runs) or "denoise" not in runs:
         return None
     keys = [k for k in group_keys if k != "seed"]
     den = denoiser_columns(keys)
     if "denoise" not in den:
         den = ["denoise", *den]
+    if reference_backbone is not None:
+        if "backbone" not in runs:
+            return None
+        den = ["backbone", *[c for c in den if c != "backbone"]]
+        keys = [*keys, "backbone"] if "backbone" not in keys else keys
     base = [k for k in keys if k not in den]
     pair_cols = [*base, "seed", *(["cfg.noise.seed"] if "cfg.noise.seed" in runs else [])]
 
@@ -469,8 +483,10 @@ def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str
         return tuple("" if _missing(row.get(c)) else repr(row.get(c)) for c in pair_cols)
 
     is_ref = runs["denoise"].astype(str) == reference
+    if reference_backbone is not None:
+        is_ref &= runs["backbone"].astype(str) == reference_backbone
     for col in den:  # the plain reference: each of its denoiser keys unset or at its default
-        if col != "denoise":
+        if col not in ("denoise", "backbone"):
             is_ref &= runs[col].map(lambda v, col=col: _at_default(reference, col, v))
     refs = runs[is_ref]
     others = runs[~is_ref]  # with a variant as reference, its plain form is compared too
@@ -495,7 +511,10 @@ def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str
     table = pd.DataFrame(rows)
     if len(table):
         table = table.sort_values(by=[*base, *den], key=_sort_key, kind="stable")
-    return Paired(reference, table.reset_index(drop=True), pd.DataFrame(unpaired), config_cols)
+    label = f"denoise={reference}" + (f" on backbone={reference_backbone}"
+                                      if reference_backbone is not None else "")
+    return Paired(reference, table.reset_index(drop=True), pd.DataFrame(unpaired), config_cols,
+                  label)
 
 
 def _fmt_diff(mean: float, se: float) -> str:
@@ -509,8 +528,8 @@ def _fmt_diff(mean: float, se: float) -> str:
 
 def paired_markdown(paired: Paired, metrics: Iterable[tuple[str, str]] = PAIRED_METRICS) -> str:
     metrics = [(c, label) for c, label in metrics if f"{c} diff" in paired.table]
-    lines = ["", f"## Paired differences to denoise={paired.reference}", "",
-             f"Each run minus the denoise={paired.reference} run with the same seed, noise seed and "
+    lines = ["", f"## Paired differences to {paired.label}", "",
+             f"Each run minus the {paired.label} run with the same seed, noise seed and "
              f"other settings; mean ± standard error over the pairs (sample std / sqrt(n)); "
              f"pairs = n. A difference smaller than about two standard errors decides nothing.", ""]
     headers = [*paired.config_keys, "pairs", *[f"Δ {label}" for _, label in metrics]]
@@ -704,8 +723,8 @@ def write_paired_figure(paired: Paired, out_dir: Path, context: str = "",
         ax.set_xticks(pos)
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_ylabel(f"Δ {label} vs denoise={paired.reference}")
-    ax.set_title(f"Paired difference of {label} to denoise={paired.reference} (mean ± s.e.)"
+    ax.set_ylabel(f"Δ {label} vs {paired.label}")
+    ax.set_title(f"Paired difference of {label} to {paired.label} (mean ± s.e.)"
                  + (f"\n{context}" if context else ""), fontsize=9)
     ax.grid(alpha=0.3)
     with warnings.catch_warnings():
@@ -732,7 +751,8 @@ class Summary:
 
 def summarize(folder: str | Path, out_dir: str | Path | None = None,
               metrics: Iterable[tuple[str, str, bool]] = DEFAULT_METRICS,
-              reference: str = "none", evaluation: str | None = None) -> Summary:
+              reference: str = "none", evaluation: str | None = None,
+              reference_backbone: str | None = None) -> Summary:
     """Collect every run under ``folder`` and write ``runs.csv`` (one row per run),
     ``summary.csv`` and ``summary.md`` (aggregated over seeds, with the paired differences to
     ``denoise=<reference>`` and the detection table) and ``figures/*.png`` into ``out_dir``
@@ -753,7 +773,8 @@ def summarize(folder: str | Path, out_dir: str | Path | None = None,
                                           if evaluation else "")
     md = (summary_markdown(summary, runs, varying, metrics, title=title)
           if len(runs) else f"# Sweep summary: {folder}\n\nNo run folders found.\n")
-    paired = paired_differences(runs, varying, reference) if len(runs) else None
+    paired = (paired_differences(runs, varying, reference,
+                                 reference_backbone=reference_backbone) if len(runs) else None)
     if paired is not None and len(paired.table):
         md += paired_markdown(paired)
         keys = [c for c in paired.config_keys if c in summary]
