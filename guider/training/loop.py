@@ -30,6 +30,7 @@ from ..identity import comparable_fingerprint
 from ..optim import make_adam
 
 log = logging.getLogger(__name__)
+scope = torch.profiler.record_function  # a named span in a torch.profiler trace; ~1 us otherwise
 
 
 class NonFiniteLoss(RuntimeError):
@@ -157,26 +158,31 @@ class Trainer:
         over the training interactions. Returns the mean training loss."""
         model, denoiser = self.model, self.denoiser
         t0 = time.perf_counter()
-        denoiser.on_epoch(epoch)
-        graph_weights = denoiser.edge_weights()
-        if graph_weights is not None and graph_weights is not self.applied_weights:
-            model.set_edge_weights(graph_weights)  # before pre_epoch: FREEDOM prunes with them
-            self.applied_weights = graph_weights
-        model.pre_epoch(epoch)
+        with scope("epoch hooks"):  # named scopes: scripts/profile_step.py reads their shares
+            denoiser.on_epoch(epoch)
+            graph_weights = denoiser.edge_weights()
+            if graph_weights is not None and graph_weights is not self.applied_weights:
+                model.set_edge_weights(graph_weights)  # before pre_epoch: FREEDOM prunes with them
+                self.applied_weights = graph_weights
+            model.pre_epoch(epoch)
         model.train()
         loss_sum, n_batches = 0.0, 0
         for batch in self.sampler.epoch():
-            denoiser.step(batch)  # the denoiser's own models first (GUIDER's teacher)
-            losses = model.losses(batch)
-            weights = denoiser.weights(batch, losses.main.detach())
-            terms = {"main": weighted_mean(losses.main, weights), **losses.aux,
-                     **denoiser.extra_loss(batch, model)}
+            with scope("denoiser step"):
+                denoiser.step(batch)  # the denoiser's own models first (GUIDER's teacher)
+            with scope("model loss"):
+                losses = model.losses(batch)
+                weights = denoiser.weights(batch, losses.main.detach())
+            with scope("denoiser loss"):
+                extra = denoiser.extra_loss(batch, model)
+            terms = {"main": weighted_mean(losses.main, weights), **losses.aux, **extra}
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 self.refuse_non_finite(loss, terms, epoch, n_batches)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            with scope("backward + step"):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
             loss_sum += float(loss.detach())
             n_batches += 1
         self.state.seconds_train += time.perf_counter() - t0
@@ -266,7 +272,8 @@ class Trainer:
                 break
             epoch_loss = self.train_epoch(epoch)
             if (epoch + 1) % train.eval_every == 0 or epoch + 1 == train.epochs:
-                self.validate(epoch, epoch_loss, bar)
+                with scope("validation"):
+                    self.validate(epoch, epoch_loss, bar)
             state.seconds_wall = seconds_previous + time.perf_counter() - t_session
             if train.save_checkpoints:
                 self.save_last()
