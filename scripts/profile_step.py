@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--top", type=int, default=15, help="operations listed")
     ap.add_argument("--csv", help="also write the scope table to this CSV file")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
 
     import pandas as pd
     from hydra import compose, initialize_config_dir
