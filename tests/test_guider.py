@@ -327,6 +327,34 @@ def test_guider_with_teacher_candidates_and_warmup_trains(tiny_cfg, tmp_path):
     assert m["status"] == "completed" and m["test"]["Recall@20"] > 0
 
 
+def test_teacher_top_lists_once_per_epoch(tiny_cfg, tmp_path):
+    """kd.top_refresh=epoch: the lists are the teacher's evaluation-mode top_k at the start of the
+    epoch, and the distillation reads them instead of scoring the catalogue per batch."""
+    _, g = switches(tiny_cfg, "denoise.kd.candidates=teacher", "denoise.kd.top_refresh=epoch",
+                    "denoise.kd.top_k=5")
+    g.on_epoch(0)
+    top = g.distiller.cached_top
+    g.teacher.eval()
+    with torch.no_grad():
+        u, i = g.teacher.final_embeddings()
+    assert top.shape == (g.data.n_users, 5)
+    assert torch.equal(top, (u @ i.t()).topk(5, dim=1).indices)
+    users = torch.tensor([0, 3, 7])
+    batch_users, cand = g.distiller.sample(
+        Batch(users, torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]), torch.arange(3)),
+        lambda us: top[us])
+    assert len(cand) == min(g.distiller.cfg.items, g.data.n_items)
+    # per batch (the default) keeps no lists
+    _, plain = switches(tiny_cfg, "denoise.kd.candidates=teacher")
+    plain.on_epoch(0)
+    assert plain.distiller.cached_top is None
+    with pytest.raises(ValueError, match="kd.top_refresh"):
+        KDConfig(top_refresh="weekly").check()
+    m = run(tiny_cfg(*GUIDER_FAST, "denoise.kd.candidates=teacher", "denoise.kd.top_refresh=epoch",
+                     "train.epochs=2"), tmp_path)
+    assert m["status"] == "completed" and m["test"]["Recall@20"] > 0
+
+
 # --- detection metrics ------------------------------------------------------------------
 
 def test_detection_auc_hand_worked():

@@ -41,12 +41,18 @@ class KDConfig:
     # (the authors' release; kd.items is ignored: users x n_items scores, n_items^2 for OT)
     candidates: str = "batch"
     top_k: int = 20  # candidates=teacher: the teacher's top items per distilled user
+    # candidates=teacher: the top lists from the teacher's current scores at every batch (batch),
+    # or from its evaluation-mode scores once at the start of each epoch (epoch: no users x items
+    # teacher block per batch; lists up to an epoch old)
+    top_refresh: str = "batch"
     warmup_epochs: int = 0  # gamma ramps linearly from 0 to kd.weight over these epochs
 
     def check(self) -> None:
         """Value checks, run when the config is validated (before any data are loaded)."""
         if self.type not in ("ot", "kl", "none"):
             raise ValueError(f"denoise.kd.type={self.type!r}: choose ot, kl or none")
+        if self.top_refresh not in ("batch", "epoch"):
+            raise ValueError(f"denoise.kd.top_refresh={self.top_refresh!r}: choose batch or epoch")
         if self.candidates not in CANDIDATES:
             raise ValueError(f"denoise.kd.candidates={self.candidates!r}: choose one of "
                              f"{', '.join(CANDIDATES)}")
@@ -149,6 +155,21 @@ class Distiller:
         self.cfg = cfg
         self.n_items = n_items
         self.generator = torch.Generator().manual_seed(seed)
+        # kd.top_refresh=epoch: every user's top_k items by the teacher, set by GUIDER each epoch
+        self.cached_top: torch.Tensor | None = None
+
+    def uses_epoch_top(self) -> bool:
+        return (self.cfg.type != "none" and self.cfg.candidates == "teacher"
+                and self.cfg.top_refresh == "epoch")
+
+    @torch.no_grad()
+    def cache_teacher_top(self, users: torch.Tensor, items: torch.Tensor,
+                          block: int = 4096) -> None:
+        """Every user's top_k items by the scores users @ items^T, block by block."""
+        k = min(self.cfg.top_k, self.n_items)
+        parts = [(users[s:s + block] @ items.t()).topk(k, dim=1).indices.cpu()
+                 for s in range(0, users.shape[0], block)]
+        self.cached_top = torch.cat(parts)
 
     def weight(self, epoch: int) -> float:
         """gamma at ``epoch``: kd.weight, ramped linearly from 0 over kd.warmup_epochs."""
@@ -185,6 +206,8 @@ class Distiller:
         k = min(self.cfg.top_k, self.n_items)
 
         def teacher_top(users: torch.Tensor) -> torch.Tensor:
+            if self.cached_top is not None and self.uses_epoch_top():
+                return self.cached_top[users.cpu()]
             with torch.no_grad():
                 u = users.to(teacher_users.device)
                 return (teacher_users[u] @ teacher_items.t()).topk(k, dim=1).indices
