@@ -51,6 +51,22 @@ def metric_name(key: str) -> str:
     return key.replace("@", "_at_")
 
 
+def eval_metrics(row: dict) -> dict[str, float]:
+    """One evaluated epoch of history.csv as tracker metrics: train/loss, valid/<metric>."""
+    return {("train/loss" if k == "loss" else f"valid/{metric_name(k)}"): float(v)
+            for k, v in row.items() if k != "epoch"}
+
+
+def test_metrics(metrics: dict) -> dict[str, float]:
+    """The run's test metrics (at the best state) as tracker metrics: test/<metric>."""
+    return {f"test/{metric_name(k)}": float(v) for k, v in (metrics.get("test") or {}).items()}
+
+
+def detection_auc(metrics: dict) -> float | None:
+    auc = (metrics.get("detection") or {}).get("auc")
+    return None if auc is None else float(auc)
+
+
 class Tracker:
     """The csv logger: the run folder is the record; nothing else is written."""
 
@@ -157,20 +173,15 @@ class MLflowTracker(Tracker):
             mlflow.log_params({k: params[k] for k in keys[start:start + 100]})
 
     def _log_eval(self, row: dict) -> None:
-        epoch = int(row["epoch"])
-        values = {("train/loss" if k == "loss" else f"valid/{metric_name(k)}"): float(v)
-                  for k, v in row.items() if k != "epoch"}
-        self.mlflow.log_metrics(values, step=epoch)
+        self.mlflow.log_metrics(eval_metrics(row), step=int(row["epoch"]))
 
     def _finish(self, metrics: dict | None, status: str) -> None:
         mlflow = self.mlflow
         if metrics:
-            step = int(metrics.get("best_epoch", 0))
-            mlflow.log_metrics({f"test/{metric_name(k)}": float(v)
-                                for k, v in (metrics.get("test") or {}).items()}, step=step)
-            det = metrics.get("detection") or {}
-            if det.get("auc") is not None:
-                mlflow.log_metric("detection/auc", float(det["auc"]))
+            mlflow.log_metrics(test_metrics(metrics), step=int(metrics.get("best_epoch", 0)))
+            auc = detection_auc(metrics)
+            if auc is not None:
+                mlflow.log_metric("detection/auc", auc)
         if self.cfg.artifacts:
             for path in sorted(self.run_dir.rglob("*")):
                 rel = path.relative_to(self.run_dir)
@@ -199,17 +210,14 @@ class WandbTracker(Tracker):
                                    config=flatten(self.config), settings=settings)
 
     def _log_eval(self, row: dict) -> None:
-        values = {("train/loss" if k == "loss" else f"valid/{metric_name(k)}"): float(v)
-                  for k, v in row.items() if k != "epoch"}
-        self.run.log(values, step=int(row["epoch"]))
+        self.run.log(eval_metrics(row), step=int(row["epoch"]))
 
     def _finish(self, metrics: dict | None, status: str) -> None:
         if metrics:
-            summary = {f"test/{metric_name(k)}": float(v)
-                       for k, v in (metrics.get("test") or {}).items()}
-            det = metrics.get("detection") or {}
-            if det.get("auc") is not None:
-                summary["detection/auc"] = float(det["auc"])
+            summary = test_metrics(metrics)
+            auc = detection_auc(metrics)
+            if auc is not None:
+                summary["detection/auc"] = auc
             summary["best_epoch"] = int(metrics.get("best_epoch", 0))
             self.run.summary.update(summary)
         self.run.finish(exit_code=0 if status == "FINISHED" else 1)

@@ -95,16 +95,21 @@ class Backbone(nn.Module):
         nn.init.xavier_uniform_(self.user_emb.weight)
         nn.init.xavier_uniform_(self.item_emb.weight)
 
-    def load_features(self, data: Interactions, k: int) -> torch.Tensor:
+    def read_features(self, data: Interactions, k: int) -> torch.Tensor:
         """The item features of modality ``self.modalities[k]`` as a float32 tensor, checked to
-        have one row per item; registered as the (non-persistent) buffer ``feat_{k}`` in
-        ``backbone.feature_precision``. The float32 tensor is returned for building graphs;
-        projections read the buffer through ``project``."""
+        have one row per item (for models that only build graphs from them)."""
         m = self.modalities[k]
         feats = torch.as_tensor(data.features[m], dtype=torch.float32)
         if feats.ndim != 2 or feats.shape[0] != self.n_items:
             raise ValueError(f"features '{m}' have shape {tuple(feats.shape)} for "
                              f"{self.n_items} items")
+        return feats
+
+    def load_features(self, data: Interactions, k: int) -> torch.Tensor:
+        """``read_features``, also registered as the (non-persistent) buffer ``feat_{k}`` in
+        ``backbone.feature_precision``. The float32 tensor is returned for building graphs;
+        projections read the buffer through ``project``."""
+        feats = self.read_features(data, k)
         self.register_buffer(f"feat_{k}", feats.to(self.feature_dtype), persistent=False)
         return feats
 

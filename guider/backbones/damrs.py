@@ -157,13 +157,7 @@ class DAMRS(Backbone):
     def __init__(self, cfg: DAMRSConfig, data: Interactions):
         super().__init__(cfg, data)
         self.init_id_embeddings(cfg.embedding_dim)
-        zs = []
-        for m in self.modalities:
-            feats = torch.as_tensor(data.features[m], dtype=torch.float32)
-            if feats.ndim != 2 or feats.shape[0] != self.n_items:
-                raise ValueError(f"features '{m}' have shape {tuple(feats.shape)} for "
-                                 f"{self.n_items} items")
-            zs.append(unit_rows(feats))
+        zs = [unit_rows(self.read_features(data, k)) for k in range(len(self.modalities))]
         knob = "backbone.knn_block_size"
         if cfg.consistency_pruning:
             graphs = consistent_knn_graphs(zs, cfg.knn_k, cfg.knn_block_size, knob=knob)

@@ -40,12 +40,24 @@ def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def sym_norm_values(rows: torch.Tensor, cols: torch.Tensor, n: int,
                     weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Edge values w_rc / sqrt(d_r d_c) for a symmetric edge list (isolated nodes get 0)."""
-    w = torch.ones(len(rows)) if weights is None else weights.float()
-    deg = torch.zeros(n).index_add_(0, rows, w)
+    """Edge values w_rc / sqrt(d_r d_c), d the row sums of the weights (for a symmetric edge list
+    the degree of both ends; isolated nodes and empty rows get 0), on the edges' device."""
+    w = torch.ones(len(rows), device=rows.device) if weights is None else weights.float()
+    deg = torch.zeros(n, device=rows.device).index_add_(0, rows, w)
     dinv = deg.pow(-0.5)
     dinv[deg == 0] = 0.0
     return dinv[rows] * w * dinv[cols]
+
+
+def row_normalised_graph(rows: torch.Tensor, cols: torch.Tensor, n: int,
+                         weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The (n, n) graph of the (row, col) entries with values w (1 when ``weights`` is None),
+    normalised D^-1/2 S D^-1/2 with D the row sums (``sym_norm_values``), as sparse CSR; rows may
+    have any number of entries (kNN graphs, DA-MRS's pruned and behaviour graphs)."""
+    vals = sym_norm_values(rows, cols, n, weights)
+    s = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n),
+                                check_invariants=False).coalesce()
+    return s.to_sparse_csr()
 
 
 def bipartite_adjacency(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
@@ -237,17 +249,8 @@ def knn_graph(z: torch.Tensor, k: int, block_size: int = 2048,
     kk = nbrs.shape[1]
     rows = torch.arange(n, device=z.device).repeat_interleave(kk)
     cols = nbrs.reshape(-1)
-    if weighted:
-        w = sims.reshape(-1).float().clamp(min=0.0)
-    else:
-        w = torch.ones(len(rows), device=z.device)
-    deg = torch.zeros(n, device=z.device).index_add_(0, rows, w)
-    dinv = deg.pow(-0.5)
-    dinv[deg == 0] = 0.0
-    vals = dinv[rows] * w * dinv[cols]
-    s = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n),
-                                check_invariants=False).coalesce()
-    return s.to_sparse_csr()
+    w = sims.reshape(-1).float().clamp(min=0.0) if weighted else None
+    return row_normalised_graph(rows, cols, n, w)
 
 
 def mix_graphs(graphs: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
@@ -363,19 +366,6 @@ def mean_cosine(z: torch.Tensor) -> float:
     return float(s @ s) / float(z.shape[0]) ** 2
 
 
-def sparse_row_graph(rows: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
-    """The 0/1 graph of the (row, col) entries, normalised D^-1/2 S D^-1/2 with D the row sums
-    (as ``knn_graph``), as a sparse CSR (n, n) tensor; rows may have any number of entries."""
-    w = torch.ones(len(rows))
-    deg = torch.zeros(n).index_add_(0, rows, w)
-    dinv = deg.pow(-0.5)
-    dinv[deg == 0] = 0.0
-    vals = dinv[rows] * dinv[cols]
-    s = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n),
-                                check_invariants=False).coalesce()
-    return s.to_sparse_csr()
-
-
 def consistent_knn_graphs(zs: list[torch.Tensor], k: int, block_size: int = 2048,
                           knob: str = KNN_KNOB) -> list[torch.Tensor]:
     """One kNN graph per modality, pruned by cross-modal consistency (DA-MRS, Eq. 1-2): with
@@ -383,7 +373,7 @@ def consistent_knn_graphs(zs: list[torch.Tensor], k: int, block_size: int = 2048
     is removed from *every* modality's graph when S^m_ij < mu_m for *any* modality m; each item
     then keeps, per modality, its ``k`` most similar remaining items (itself included: its
     self-similarity is 1, above any mean), fewer when fewer remain. 0/1 graphs normalised with
-    their row sums (``sparse_row_graph``). Computed ``block_size`` rows at a time: memory
+    their row sums (``row_normalised_graph``). Computed ``block_size`` rows at a time: memory
     O(M x block_size x n), never n x n. One modality: its own mean alone prunes."""
     if not zs:
         raise ValueError("consistent_knn_graphs needs at least one modality")
@@ -410,7 +400,7 @@ def consistent_knn_graphs(zs: list[torch.Tensor], k: int, block_size: int = 2048
                 r = torch.arange(start, stop).unsqueeze(1).expand_as(idx)
                 rows_out[m].append(r[keep])
                 cols_out[m].append(idx[keep])
-    return [sparse_row_graph(torch.cat(r), torch.cat(c), n) for r, c in zip(rows_out, cols_out)]
+    return [row_normalised_graph(torch.cat(r), torch.cat(c), n) for r, c in zip(rows_out, cols_out)]
 
 
 def cooccurrence_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
@@ -418,7 +408,7 @@ def cooccurrence_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n
     """DA-MRS's behaviour graph: items i != j are linked when at least ``min_common`` users have
     both among the given (training) interactions; each item keeps its ``k`` partners with the
     most common users (ties: the lower item index) and a self-loop; 0/1 entries normalised with
-    the row sums (``sparse_row_graph``). The co-occurrence counts R^T R are a sparse product, never
+    the row sums (``row_normalised_graph``). The co-occurrence counts R^T R are a sparse product, never
     an n x n dense matrix. Duplicated (user, item) pairs count once."""
     users = np.asarray(users, dtype=np.int64)
     items = np.asarray(items, dtype=np.int64)
@@ -436,4 +426,4 @@ def cooccurrence_graph(users: torch.Tensor, items: torch.Tensor, n_users: int, n
     loops = np.arange(n_items)
     rows = torch.as_tensor(np.concatenate([loops, row[keep]]), dtype=torch.long)
     cols = torch.as_tensor(np.concatenate([loops, col[keep]]), dtype=torch.long)
-    return sparse_row_graph(rows, cols, n_items)
+    return row_normalised_graph(rows, cols, n_items)

@@ -388,10 +388,17 @@ class Paired:
     table: pd.DataFrame
     unpaired: pd.DataFrame
     config_keys: list[str]
-    label: str = ""  # what the runs are paired with, e.g. "denoise=none"
+    reference_backbone: str | None = None  # pairing across models (--reference-backbone)
 
-    def __post_init__(self) -> None:
-        self.label = self.label or f"denoise={self.reference}"
+    @property
+    def label(self) -> str:
+        return pairing_label(self.reference, self.reference_backbone)
+
+
+def pairing_label(reference: str, reference_backbone: str | None = None) -> str:
+    """What the runs are paired with, e.g. "denoise=none" or "denoise=none on backbone=lightgcn"."""
+    return f"denoise={reference}" + (f" on backbone={reference_backbone}"
+                                     if reference_backbone is not None else "")
 
 
 def _at_default(denoiser: str, column: str, value: Any) -> bool:
@@ -420,7 +427,7 @@ def _at_default(denoiser: str, column: str, value: Any) -> bool:
 
 
 def _pair_group(group: pd.DataFrame, partners: list[pd.Series | None], config_cols: list[str],
-                metric_cols: list[str], reference: str) -> tuple[dict, list[dict]]:
+                metric_cols: list[str], label: str) -> tuple[dict, list[dict]]:
     """One configuration's runs against their reference partners: (its row of the paired table:
     settings, pairs, mean difference and standard error per metric; its unpaired runs)."""
     first = group.iloc[0]
@@ -430,7 +437,7 @@ def _pair_group(group: pd.DataFrame, partners: list[pd.Series | None], config_co
     for (_, row), partner in zip(group.iterrows(), partners):
         if row["status"] != "completed" or partner is None:
             why = ("run not completed" if row["status"] != "completed"
-                   else f"no completed denoise={reference} run with the same seed and settings")
+                   else f"no completed {label} run with the same seed and settings")
             unpaired.append({"run": row["run"], **{c: row[c] for c in config_cols},
                              "seed": row.get("seed"), "status": row["status"], "why": why})
             continue
@@ -505,16 +512,14 @@ def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str
     for _, group in frame.groupby("__config", sort=False):
         partners = [ref_by_key.get(key_of(row)) for _, row in group.iterrows()]
         out, missing = _pair_group(group, partners, config_cols, [c for c, _ in metric_cols],
-                                   reference)
+                                   pairing_label(reference, reference_backbone))
         rows.append(out)
         unpaired += missing
     table = pd.DataFrame(rows)
     if len(table):
         table = table.sort_values(by=[*base, *den], key=_sort_key, kind="stable")
-    label = f"denoise={reference}" + (f" on backbone={reference_backbone}"
-                                      if reference_backbone is not None else "")
     return Paired(reference, table.reset_index(drop=True), pd.DataFrame(unpaired), config_cols,
-                  label)
+                  reference_backbone)
 
 
 def _fmt_diff(mean: float, se: float) -> str:

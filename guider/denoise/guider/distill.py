@@ -206,7 +206,7 @@ class Distiller:
         k = min(self.cfg.top_k, self.n_items)
 
         def teacher_top(users: torch.Tensor) -> torch.Tensor:
-            if self.cached_top is not None and self.uses_epoch_top():
+            if self.cached_top is not None:  # kd.top_refresh=epoch (set by GUIDER's on_epoch)
                 return self.cached_top[users.cpu()]
             with torch.no_grad():
                 u = users.to(teacher_users.device)
