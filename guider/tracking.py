@@ -221,6 +221,10 @@ class WandbTracker(Tracker):
             summary["best_epoch"] = int(metrics.get("best_epoch", 0))
             self.run.summary.update(summary)
         self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+        # finish() can return before wandb's service process has written the run file (seen: a
+        # file holding only its 7-byte header right after finish); teardown waits for it, so the
+        # run's records are on disk when guider's run ends
+        self.wandb.teardown()
 
 
 TRACKERS: dict[str, type[Tracker]] = {"csv": Tracker, "tensorboard": TensorBoardTracker,

@@ -113,6 +113,20 @@ def test_wandb_offline_records_config_history_and_summary(tiny_cfg, tmp_path, mo
     assert metrics["status"] == "completed"
 
 
+def test_wandb_runs_one_after_another_in_one_process_are_complete_on_disk(tiny_cfg, tmp_path,
+                                                                        monkeypatch):
+    """A sweep runs its jobs in one process: each run's file is complete when its run returns
+    (wandb's finish alone can return before its service has written the file), and the next
+    run starts after the previous one's teardown."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    for name in ("run-a", "run-b"):
+        run(tiny_cfg("logger=wandb", "train.epochs=2"), tmp_path / name)
+        (run_file,) = (tmp_path / name / "wandb").glob("offline-run-*/run-*.wandb")
+        kinds = [r.WhichOneof("record_type") for r in read_wandb_records(run_file)]
+        assert kinds.count("run") == 1 and kinds.count("history") == 2 and kinds[-1] == "exit"
+
+
 def test_a_failing_tracker_never_costs_the_run(tiny_cfg, tmp_path, monkeypatch, caplog):
     def broken(self, row):
         raise RuntimeError("tracking server unreachable")
