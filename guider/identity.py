@@ -51,6 +51,18 @@ GUIDER_NEUTRAL = {"denoise.graph": False, "denoise.amsc.conf_floor": 0.0,
                   "denoise.teacher.feature_precision": "float32"}
 
 
+def value_before_key(key: str, denoiser: str | None) -> Any:
+    """The value a run made before ``key`` existed behaved as (its neutral value), or None when
+    ``key`` is not one of the keys added later (GUIDER's only for a GUIDER run). The summary
+    reads an absent key of an older run as this value, so that the run groups and pairs with
+    newer runs of the same settings."""
+    if key in SCALE_NEUTRAL:
+        return SCALE_NEUTRAL[key]
+    if denoiser == "guider":
+        return GUIDER_NEUTRAL.get(key)
+    return None
+
+
 def is_neutral(key: str) -> bool:
     """Whether the dotted override ``key`` names a setting that cannot change a run's numbers."""
     return any(key == k or key.startswith(k + ".") for k in NEUTRAL_KEYS)

@@ -586,3 +586,33 @@ def test_pairing_across_backbones_hand_worked(tmp_path):
     assert "## Paired differences to denoise=none on backbone=lightgcn" in result.markdown
     row = [line for line in result.markdown.splitlines() if line.startswith("| damrs")][-1]
     assert "+0.0233 ± 0.0067" in row
+
+
+def test_runs_older_than_a_key_group_with_newer_runs_at_its_neutral_value(tmp_path):
+    """A GUIDER run made before denoise.kd.candidates existed behaved as candidates=batch: it
+    groups and pairs with a newer default run (whose config holds the key), apart from the runs
+    that set another value; other denoisers get no value for GUIDER's key."""
+    root = tmp_path / "sweep"
+
+    def set_candidates(run: Path, value: str) -> None:
+        for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
+            cfg = yaml.safe_load(path.read_text())
+            cfg["denoise"]["kd"] = {"candidates": value}
+            path.write_text(yaml.safe_dump(cfg))
+
+    for seed in (0, 1):
+        make_run(root, f"none-{seed}", denoise="none", ratio=0.2, seed=seed, recall=0.20)
+        teacher = make_run(root, f"teacher-{seed}", denoise="guider", ratio=0.2, seed=seed,
+                           recall=0.25, extra_overrides=("denoise.kd.candidates=teacher",))
+        set_candidates(teacher, "teacher")
+    make_run(root, "guider-0", denoise="guider", ratio=0.2, seed=0, recall=0.21)  # older: no key
+    set_candidates(make_run(root, "guider-1", denoise="guider", ratio=0.2, seed=1, recall=0.23),
+                   "batch")
+    result = summarize(root)
+    runs = result.runs.set_index("run")
+    assert runs.loc["guider-0", "denoise.kd.candidates"] == "batch"
+    assert pd.isna(runs.loc["none-0", "denoise.kd.candidates"])
+    table = result.paired.table.set_index("denoise.kd.candidates")
+    assert table.loc["batch", "pairs"] == 2
+    assert table.loc["batch", "test.Recall@20 diff"] == pytest.approx(0.02)
+    assert table.loc["teacher", "test.Recall@20 diff"] == pytest.approx(0.05)

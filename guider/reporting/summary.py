@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import pandas as pd
 from omegaconf import OmegaConf
 
-from ..identity import is_setting_column
+from ..identity import is_setting_column, value_before_key
 from ..record import read_record
 
 log = logging.getLogger("guider")
@@ -198,6 +198,8 @@ def collect_runs(root: str | Path, evaluation: str | None = None) -> tuple[pd.Da
             value = row.get(f"cfg.{source}") if source else None
             if value is None or isinstance(value, (dict, list)):
                 value = overrides.get(raw_key[column])
+            if value is None and source:  # a run older than the key: the value it behaved as
+                value = value_before_key(source, row.get("denoise"))
             row[column] = value
     candidates = [*IDENTITY, *sources]
     table = pd.DataFrame(rows)
