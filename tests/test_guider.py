@@ -355,6 +355,33 @@ def test_teacher_top_lists_once_per_epoch(tiny_cfg, tmp_path):
     assert m["status"] == "completed" and m["test"]["Recall@20"] > 0
 
 
+def test_teacher_every_steps_the_teacher_on_every_kth_batch_only(tiny_cfg, tmp_path):
+    """denoise.teacher_every=2: batches 0, 2, 4 of an epoch step the teacher, 1 and 3 distil from
+    its last representations; a new epoch starts with a step; resume stays exact."""
+    job, g = switches(tiny_cfg, "denoise.teacher_every=2")
+    batch, _ = one_batch(job)
+    g.on_epoch(0)
+    stepped = []
+    for _ in range(5):
+        before = [p.detach().clone() for p in g.teacher.parameters()]
+        g.step(batch)
+        after = list(g.teacher.parameters())
+        stepped.append(any(not torch.equal(a, b) for a, b in zip(before, after)))
+    assert stepped == [True, False, True, False, True]
+    g.on_epoch(1)
+    before = [p.detach().clone() for p in g.teacher.parameters()]
+    g.step(batch)
+    assert any(not torch.equal(a, b) for a, b in zip(before, g.teacher.parameters()))
+    with pytest.raises(ValueError, match="teacher_every"):
+        switches(tiny_cfg, "denoise.teacher_every=0")
+    overrides = (*GUIDER_FAST, "denoise.teacher_every=3", "train.epochs=3", "train.patience=100")
+    full = run(tiny_cfg(*overrides), tmp_path / "full")
+    resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed", stop_epoch=1)
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
+    every = run(tiny_cfg(*GUIDER_FAST, "train.epochs=3", "train.patience=100"), tmp_path / "every")
+    assert every["test"] != full["test"]
+
+
 # --- detection metrics ------------------------------------------------------------------
 
 def test_detection_auc_hand_worked():

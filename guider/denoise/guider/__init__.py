@@ -45,6 +45,9 @@ class GuiderConfig(DenoiseConfig):
     # by key into another backbone's)
     teacher: Any = None
     teacher_lr: float = 1e-3
+    # the teacher's own step on every k-th batch of an epoch (the first always); the batches in
+    # between distil from its last representations: a lever on cost that changes results
+    teacher_every: int = 1
     student_dbpr: bool = True  # the student's main term is weighted by omega too
     # true: omega also weights the user-item graphs of the teacher and the student (edge values,
     # FREEDOM's pruning odds; Backbone.set_edge_weights), so flags reach the propagation
@@ -63,6 +66,9 @@ class GuiderConfig(DenoiseConfig):
         """Value checks of every GUIDER key (the teacher's are checked by its own schema)."""
         self.amsc.check()
         self.kd.check()
+        if self.teacher_every < 1:
+            raise ValueError(f"denoise.teacher_every={self.teacher_every}: must be >= 1 (1 = the "
+                             f"teacher steps on every batch)")
         if self.teacher_lr <= 0:
             raise ValueError(f"denoise.teacher_lr={self.teacher_lr}: must be > 0")
         if not 0.0 <= self.dbpr.false_weight <= 1.0:
@@ -118,11 +124,13 @@ class Guider(Denoiser):
         self.scores: torch.Tensor | None = None
         self.teacher_graph_omega: torch.Tensor | None = None  # the omega the teacher's graph holds
         self.epoch = 0
+        self.batch_in_epoch = 0  # teacher_every: which batches step the teacher
         self.teacher_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- epoch: AMSC refresh -------------------------------------------------------------
     def on_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.batch_in_epoch = 0
         self.refresh(epoch)
         if self.graph_weighted and self.teacher_graph_omega is not self.omega:
             self.teacher.set_edge_weights(self.omega)
@@ -162,6 +170,10 @@ class Guider(Denoiser):
 
     # --- batch: teacher step, then the student's weights and distillation ----------------
     def step(self, batch: Batch) -> None:
+        skip = self.batch_in_epoch % self.cfg.teacher_every != 0
+        self.batch_in_epoch += 1
+        if skip and self.teacher_embeddings is not None:
+            return  # teacher_every > 1: distil from the teacher's last representations
         self.teacher.train()
         losses = self.teacher.losses(batch)
         omega = self.omega[batch.idx] if self.amsc is not None else None
