@@ -63,6 +63,8 @@ class Registry(Generic[T]):
         (values: ranges and choices). Returns a typed dataclass instance."""
         name = node["name"]
         entry = self.get(name)
+        if isinstance(node, DictConfig):  # interpolations (denoise.teacher_lr: ${train.lr}) first
+            node = OmegaConf.to_container(node, resolve=True)
         merged = OmegaConf.merge(OmegaConf.structured(entry.schema), node)
         config = OmegaConf.to_object(merged)
         check = getattr(config, "check", None)

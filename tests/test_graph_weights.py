@@ -113,7 +113,9 @@ def test_guider_graph_run_is_reproduced_from_its_folder(tiny_cfg, tmp_path):
 
 
 def test_teacher_group_builds_any_backbone_with_its_preset(tiny_cfg):
-    g = prepare(tiny_cfg("denoise=guider")).denoiser
+    g = prepare(tiny_cfg("denoise=guider")).denoiser  # the default: the authors' FREEDOM
+    assert isinstance(g.teacher, Freedom) and g.teacher.cfg.knn_k == 20
+    g = prepare(tiny_cfg("denoise=guider", "denoise/teacher=lightgcn")).denoiser
     assert isinstance(g.teacher, LightGCN) and g.teacher.cfg.n_layers == 2
     g = prepare(tiny_cfg("denoise=guider", "denoise/teacher=mf")).denoiser
     assert isinstance(g.teacher, MF) and g.teacher.cfg.reg_weight == 1e-4
@@ -131,4 +133,4 @@ def test_teacher_mistakes_name_the_fix(tiny_cfg):
     with pytest.raises(ValueError, match="denoise/teacher=<name>"):
         prepare(tiny_cfg("denoise=guider", "denoise.teacher=mf"))
     with pytest.raises(ValueError, match=r"denoise.teacher \(lightgcn\).*bogus"):
-        prepare(tiny_cfg("denoise=guider", "+denoise.teacher.bogus=1"))
+        prepare(tiny_cfg("denoise=guider", "denoise/teacher=lightgcn", "+denoise.teacher.bogus=1"))

@@ -226,7 +226,7 @@ def test_batched_sinkhorn_matches_pot_per_user():
 
 def test_ot_loss_value_matches_pot_and_gradient_reaches_only_the_student():
     torch.manual_seed(1)
-    cfg = KDConfig(users=4, items=12, sinkhorn_iters=3000, sinkhorn_tol=1e-10)
+    cfg = KDConfig(type="ot", candidates="batch", users=4, items=12, sinkhorn_iters=3000, sinkhorn_tol=1e-10)
     su = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     si = torch.randn(20, 5, dtype=torch.float64, requires_grad=True)
     tu = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
@@ -255,7 +255,7 @@ def test_ot_loss_pulls_student_toward_teacher():
     t = torch.randn(8, 30) * 3
     s = torch.randn(8, 30, requires_grad=True)
     opt = torch.optim.SGD([s], lr=50.0)  # the envelope gradients are of the order of eps
-    cfg = KDConfig(sinkhorn_iters=200)
+    cfg = KDConfig(type="ot", candidates="batch", sinkhorn_iters=200)
 
     def gap():
         return float((torch.softmax(s.detach(), 1) - torch.softmax(t, 1)).abs().sum(1).mean())
@@ -279,7 +279,7 @@ def test_kl_loss_is_kl_of_teacher_to_student():
 def test_candidates_include_batch_items_and_top_up():
     batch = Batch(torch.tensor([0, 1, 1]), torch.tensor([2, 3, 4]), torch.tensor([5, 6, 7]),
                   torch.arange(3))
-    users, cand = Distiller(KDConfig(users=256, items=10), 50, seed=0).sample(batch)
+    users, cand = Distiller(KDConfig(users=256, items=10, candidates="batch"), 50, seed=0).sample(batch)
     assert sorted(users.tolist()) == [0, 1]
     assert len(cand) == 10 and len(set(cand.tolist())) == 10
     assert {2, 3, 4, 5, 6, 7} <= set(cand.tolist())
@@ -305,6 +305,23 @@ def test_teacher_candidates_hold_each_users_teacher_favourites():
     assert cand.tolist() == list(range(50))
     with pytest.raises(ValueError, match="kd.candidates"):
         Distiller(KDConfig(candidates="popular"), 50, 0)
+
+
+def test_teacher_top_lists_in_user_blocks_equal_the_whole_block(monkeypatch):
+    """candidates=teacher scores the catalogue for a bounded block of users at a time: the same
+    candidates (and loss) as one users x items block."""
+    import guider.denoise.guider.distill as distill
+
+    torch.manual_seed(0)
+    su, si, tu, ti = (torch.randn(n, 4) for n in (40, 30, 40, 30))
+    batch = Batch(torch.arange(40), torch.arange(40) % 30, (torch.arange(40) + 7) % 30,
+                  torch.arange(40))
+    cfg = KDConfig(users=40, items=24, candidates="teacher", top_k=3)
+    whole = Distiller(cfg, 30, seed=0).loss(batch, su, si, tu, ti)
+    monkeypatch.setattr(distill, "TOP_BLOCK_SCORES", 7 * 30)  # 7 users per block
+    assert distill.top_block_users(30) == 7
+    blocked = Distiller(cfg, 30, seed=0).loss(batch, su, si, tu, ti)
+    assert torch.equal(whole, blocked)
 
 
 def test_kd_warmup_ramps_gamma():
@@ -454,13 +471,13 @@ def test_ablation_dbpr_disabled_means_omega_one_and_no_amsc(tiny_cfg):
 
 
 def test_ablation_false_weight_and_student_dbpr(tiny_cfg):
-    job, g = switches(tiny_cfg, "denoise.dbpr.false_weight=0.5")
+    job, g = switches(tiny_cfg, "denoise.dbpr.false_weight=0.5", "denoise.student_dbpr=true")
     g.on_epoch(5)
     assert set(torch.unique(g.omega).tolist()) == {0.5, 1.0}
     assert int((g.omega == 0.5).sum()) == int(g.false_mask.sum()) > 0
     batch, _ = one_batch(job)
     assert torch.equal(g.weights(batch, torch.zeros(64)), g.omega[:64])
-    job, g = switches(tiny_cfg, "denoise.student_dbpr=false")
+    job, g = switches(tiny_cfg)  # the default: the student's loss untouched
     g.on_epoch(5)
     assert g.weights(batch, torch.zeros(64)) is None and (g.omega == 0).any()
 
@@ -483,7 +500,10 @@ def test_ablation_kd_types(tiny_cfg):
 def test_ablation_teacher_choice(tiny_cfg):
     _, g = switches(tiny_cfg, "denoise/teacher=mf")
     assert isinstance(g.teacher, MF)
-    _, g = switches(tiny_cfg)
+    _, g = switches(tiny_cfg)  # the default: the authors' FREEDOM teacher
+    assert type(g.teacher).__name__ == "Freedom" and g.teacher.cfg.knn_k == 20
+    assert g.teacher.cfg.n_layers_ui == 2 and g.teacher.cfg.dropout == pytest.approx(0.1)
+    _, g = switches(tiny_cfg, "denoise/teacher=lightgcn")
     assert type(g.teacher).__name__ == "LightGCN" and g.teacher.cfg.n_layers == 2
     with pytest.raises(ValueError, match="denoise.teacher"):
         switches(tiny_cfg, "denoise.teacher=vbpr")

@@ -229,9 +229,9 @@ def test_sweep_subdir_resolver_names_the_folder_by_config():
 def test_ablation_variants_get_folders_of_their_own_names():
     names = {variant: str(hydra_cfg(*TINY, "experiment=ablation",
                                     f"+experiment/variant={variant}").hydra.sweep.subdir)
-             for variant in ("full", "no_kd")}
+             for variant in ("full", "dbpr_only")}
     # (TINY's denoise=none wins over the experiment's default denoiser)
-    assert names["no_kd"].startswith("synthetic-lightgcn-none-no_kd-none-seed0-")
+    assert names["dbpr_only"].startswith("synthetic-lightgcn-none-dbpr_only-none-seed0-")
     assert names["full"].startswith("synthetic-lightgcn-none-full-none-seed0-")
 
 
@@ -340,7 +340,8 @@ def test_pinned_experiments_define_the_grids():
     abl = _hydra_cfg("experiment=ablation")
     assert abl.denoise.name == "guider"
     assert dict(abl.hydra.sweeper.params) == {
-        "+experiment/variant": "full,no_calibration,no_amsc_dbpr,no_kd,kd_kl,mf_teacher", "seed": "0,1,2"}
+        "+experiment/variant": "full,no_amsc_dbpr,dbpr_only,graph_only,no_calibration,kd_ot,"
+                               "lightgcn_teacher,spec", "seed": "0,1,2"}
     rec = _hydra_cfg("experiment=recipe_ablation")
     assert rec.denoise.name == "guider" and rec.train.patience == 50
     assert dict(rec.hydra.sweeper.params) == {
@@ -354,9 +355,7 @@ def test_pinned_experiments_define_the_grids():
 @pytest.mark.parametrize("variant, key, value", [
     ("no_calibration", "denoise.amsc.calibrate", False),
     ("no_amsc_dbpr", "denoise.dbpr.enabled", False),
-    ("no_kd", "denoise.kd.type", "none"),
-    ("kd_kl", "denoise.kd.type", "kl"),
-    ("mf_teacher", "denoise.teacher.name", "mf"),
+    ("kd_ot", "denoise.kd.type", "ot"),
 ])
 def test_ablation_variants_flip_one_switch(variant, key, value):
     base = [o for o in TINY if not o.startswith("denoise=")] + ["experiment=ablation"]
@@ -368,6 +367,36 @@ def test_ablation_variants_flip_one_switch(variant, key, value):
     flat = lambda c: {k: v for k, v in pd.json_normalize(OmegaConf.to_container(c, resolve=True)).iloc[0].items()}  # noqa: E731
     diff = {k for k in flat(cfg) if flat(cfg)[k] != flat(full).get(k)}
     assert diff == {key}
+
+
+@pytest.mark.parametrize("variant, expected", [
+    ("dbpr_only", {"denoise.student_dbpr": True, "denoise.kd.type": "none"}),
+    ("graph_only", {"denoise.graph": True, "denoise.kd.type": "none"}),
+    ("lightgcn_teacher", {"denoise.teacher.name": "lightgcn", "denoise.teacher.n_layers": 2}),
+    ("spec", {"denoise.teacher.name": "lightgcn", "denoise.student_dbpr": True,
+              "denoise.kd.type": "ot", "denoise.kd.weight": 0.1, "denoise.kd.users": 256,
+              "denoise.kd.items": 256, "denoise.kd.candidates": "batch"}),
+])
+def test_ablation_variants_that_change_the_teacher_or_several_keys(variant, expected):
+    """The defaults are the authors' recipe (FREEDOM teacher, KL over the teacher's candidates,
+    the student's loss untouched); these variants set exactly the named keys (a teacher: its
+    group), and each validates."""
+    from guider.pipeline import validate
+
+    base = [o for o in TINY if not o.startswith("denoise=")] + ["experiment=ablation"]
+    full = compose_config([*base, "+experiment/variant=full"])
+    assert full.denoise.teacher.name == "freedom" and full.denoise.kd.type == "kl"
+    assert full.denoise.kd.candidates == "teacher" and not full.denoise.student_dbpr
+    cfg = compose_config([*base, f"+experiment/variant={variant}"])
+    flat = lambda c: {k: v for k, v in pd.json_normalize(OmegaConf.to_container(c, resolve=True)).iloc[0].items()}  # noqa: E731
+    changed = {k for k in flat(cfg) if flat(cfg)[k] != flat(full).get(k)}
+    changed |= {k for k in flat(full) if k not in flat(cfg)}
+    for key, value in expected.items():
+        assert OmegaConf.select(cfg, key) == value, key
+    teacher = {k for k in changed if k.startswith("denoise.teacher.")}
+    assert changed - teacher == {k for k in expected if not k.startswith("denoise.teacher.")}
+    assert bool(teacher) == ("denoise.teacher.name" in expected)
+    validate(cfg)
 
 
 @pytest.mark.parametrize("variant, expected", [
@@ -513,8 +542,8 @@ def test_teacher_choice_is_a_denoiser_column_and_its_default_is_the_plain_refere
     assert _column_for("denoise/teacher", set()) == ("denoise.teacher", None)
     assert denoiser_columns(["backbone", "denoise", "denoise.teacher"]) == ["denoise",
                                                                             "denoise.teacher"]
-    assert _at_default("guider", "denoise.teacher", "lightgcn")
-    assert not _at_default("guider", "denoise.teacher", "freedom")
+    assert _at_default("guider", "denoise.teacher", "freedom")
+    assert not _at_default("guider", "denoise.teacher", "lightgcn")
 
 
 def test_one_identity_for_hash_fingerprint_and_summary():
@@ -536,13 +565,16 @@ def test_guider_runs_keep_the_identity_they_had_before_the_teacher_group():
         pytest.skip(f"{run} is not in this checkout")
     saved = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
     assert saved["denoise"]["teacher"] == "lightgcn"  # the older form
-    today = compose_config(["dataset=tiktok", "data_dir=/work/shared/data", "noise=random",
-                            "noise.ratio=0.2", "train.patience=50", "train.progress=false",
-                            "backbone=freedom", "denoise=guider", "seed=0"])
+    # GUIDER's defaults of then, set explicitly since the defaults moved to the authors' recipe
+    then = ["denoise/teacher=lightgcn", "denoise.student_dbpr=true", "denoise.kd.type=ot",
+            "denoise.kd.weight=0.1", "denoise.kd.users=256", "denoise.kd.items=256",
+            "denoise.kd.candidates=batch"]
+    common = ["dataset=tiktok", "data_dir=/work/shared/data", "noise=random", "noise.ratio=0.2",
+              "train.patience=50", "train.progress=false", "backbone=freedom", "denoise=guider",
+              "seed=0", *then]
+    today = compose_config(common)
     assert config_hash(saved) == config_hash(today) == "66d2ddc3fa5e"
-    other = compose_config(["dataset=tiktok", "data_dir=/work/shared/data", "noise=random",
-                            "noise.ratio=0.2", "train.patience=50", "train.progress=false",
-                            "backbone=freedom", "denoise=guider", "seed=0", "denoise.graph=true"])
+    other = compose_config([*common, "denoise.graph=true"])
     assert config_hash(other) != config_hash(today)
 
 

@@ -264,7 +264,7 @@ def test_distillation_check_names_kd_items(monkeypatch):
     monkeypatch.setenv(ENV, "1G")
     with pytest.raises(SizeError, match="denoise.kd.items"):
         Distiller(KDConfig(users=256, items=100_000), n_items=1_000_000, seed=0)
-    Distiller(KDConfig(), n_items=1_000_000, seed=0)  # the defaults: 256 x 256, ~4 MiB
+    Distiller(KDConfig(), n_items=1_000_000, seed=0)  # the defaults: 2,048 x 1,024 and a top-list block, ~130 MiB
 
 
 def test_model_check_names_embedding_dim(monkeypatch, tiny_cfg):

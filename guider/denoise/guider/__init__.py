@@ -1,17 +1,19 @@
-"""GUIDER (Li et al., WSDM 2025): AMSC calibration, a DBPR-trained ID teacher, and optimal-
-transport distillation into any backbone, teacher and student trained in sync.
+"""GUIDER (Li et al., WSDM 2025): AMSC calibration, a DBPR-trained teacher (by default the
+authors' multi-modal FREEDOM teacher), and distillation into any backbone (KL over the teacher's
+favourites and the batch's items by default; optimal transport as an option), teacher and student
+trained in sync.
 
 Per epoch t: if t % amsc.refresh_every == 0, AMSC rescores every training interaction with the
 teacher's current item embeddings and reclassifies the lowest rho(t) share as I_false, giving
 omega (1 for I_true, dbpr.false_weight for I_false). Per batch: the teacher takes a DBPR step
 (``step``), then the student takes its own step with omega on its main term (``weights``, when
-student_dbpr) plus gamma * L_KD (``extra_loss``). See docs/guider.md.
+student_dbpr, off by default) plus gamma * L_KD (``extra_loss``). See docs/guider.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,8 +28,11 @@ from .distill import Distiller, KDConfig
 
 
 def default_teacher() -> dict:
-    """conf/denoise/teacher/lightgcn.yaml: an ID-only LightGCN with 2 layers, d 64, L2 1e-4."""
-    return {"name": "lightgcn", "embedding_dim": 64, "n_layers": 2, "reg_weight": 1e-4}
+    """conf/denoise/teacher/freedom.yaml: the authors' multi-modal teacher, FREEDOM with a kNN
+    item graph of k 20, 2 user-item layers and 10% of the user-item edges pruned per epoch."""
+    from ...backbones.freedom import FreedomConfig
+
+    return asdict(FreedomConfig(knn_k=20, n_layers_ui=2, dropout=0.1))
 
 
 @dataclass
@@ -41,14 +46,14 @@ class GuiderConfig(DenoiseConfig):
     name: str = "guider"
     # the teacher: any registered backbone's config (conf/denoise/teacher/<name>.yaml, chosen with
     # denoise/teacher=<name>); validated against that backbone's schema in __post_init__
-    # (None: the default, conf/denoise/teacher/lightgcn.yaml; a default dict would be merged key
+    # (None: the default, conf/denoise/teacher/freedom.yaml; a default dict would be merged key
     # by key into another backbone's)
     teacher: Any = None
     teacher_lr: float = 1e-3
     # the teacher's own step on every k-th batch of an epoch (the first always); the batches in
     # between distil from its last representations: a lever on cost that changes results
     teacher_every: int = 1
-    student_dbpr: bool = True  # the student's main term is weighted by omega too
+    student_dbpr: bool = False  # true: the student's main term is weighted by omega too
     # true: omega also weights the user-item graphs of the teacher and the student (edge values,
     # FREEDOM's pruning odds; Backbone.set_edge_weights), so flags reach the propagation
     graph: bool = False

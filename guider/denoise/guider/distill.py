@@ -31,15 +31,15 @@ from ...sizecheck import check_size
 
 @dataclass
 class KDConfig:
-    type: str = "ot"  # ot | kl | none
-    weight: float = 0.1  # gamma
-    users: int = 256
-    items: int = 256  # candidate items per batch (candidates=batch or teacher)
+    type: str = "kl"  # kl | ot | none
+    weight: float = 1.0  # gamma
+    users: int = 2048
+    items: int = 1024  # candidate items per batch (candidates=batch or teacher)
     # batch: the batch's positives and negatives, topped up with uniform random items;
     # teacher: the teacher's top_k items of each distilled user plus the batch's positives and
     # negatives (a uniform subset of them when more than kd.items); all: the whole catalogue
     # (the authors' release; kd.items is ignored: users x n_items scores, n_items^2 for OT)
-    candidates: str = "batch"
+    candidates: str = "teacher"
     top_k: int = 20  # candidates=teacher: the teacher's top items per distilled user
     # candidates=teacher: the top lists from the teacher's current scores at every batch (batch),
     # or from its evaluation-mode scores once at the start of each epoch (epoch: no users x items
@@ -133,14 +133,25 @@ def n_candidates(cfg: KDConfig, n_items: int) -> int:
     return n_items if cfg.candidates == "all" else min(cfg.items, n_items)
 
 
+# candidates=teacher: the teacher's users x catalogue score block for the top lists is computed
+# for at most this many scores at a time (users in blocks), whatever the catalogue's size
+TOP_BLOCK_SCORES = 1 << 22
+
+
+def top_block_users(n_items: int) -> int:
+    return max(1, TOP_BLOCK_SCORES // max(n_items, 1))
+
+
 def step_bytes(cfg: KDConfig, n_items: int) -> int:
     """Memory of one distillation step: the candidates' cost matrix M and the Sinkhorn kernels
-    K, K^T, K*M (candidates x candidates) and about a dozen users x candidates rows (scores of
-    student and teacher, p, q, the scalings u and v, gradients), float32. It depends only on
-    kd.users and kd.items, never on the dataset's size."""
+    K, K^T, K*M (candidates x candidates), about a dozen users x candidates rows (scores of
+    student and teacher, p, q, the scalings u and v, gradients), float32, and with
+    candidates=teacher one block of the teacher's top-list scores. It depends only on kd.users
+    and kd.items (and the catalogue for candidates=all), never on the number of users."""
     c = n_candidates(cfg, n_items)
     square = 5 * c * c if cfg.type == "ot" else 0
-    return 4 * (square + 12 * cfg.users * max(c, n_items if cfg.candidates == "teacher" else 0))
+    top = 2 * min(cfg.users, top_block_users(n_items)) * n_items if cfg.candidates == "teacher" else 0
+    return 4 * (square + 12 * cfg.users * c + top)
 
 
 class Distiller:
@@ -208,9 +219,12 @@ class Distiller:
         def teacher_top(users: torch.Tensor) -> torch.Tensor:
             if self.cached_top is not None:  # kd.top_refresh=epoch (set by GUIDER's on_epoch)
                 return self.cached_top[users.cpu()]
-            with torch.no_grad():
+            with torch.no_grad():  # in blocks of users: the same lists, bounded memory
                 u = users.to(teacher_users.device)
-                return (teacher_users[u] @ teacher_items.t()).topk(k, dim=1).indices
+                items_t = teacher_items.t()
+                step = top_block_users(self.n_items)
+                return torch.cat([(teacher_users[u[s:s + step]] @ items_t).topk(k, dim=1).indices
+                                  for s in range(0, len(u), step)])
 
         users, cand = self.sample(batch, teacher_top)
         dev = student_users.device
