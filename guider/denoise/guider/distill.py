@@ -142,6 +142,16 @@ def top_block_users(n_items: int) -> int:
     return max(1, TOP_BLOCK_SCORES // max(n_items, 1))
 
 
+@torch.no_grad()
+def top_items(users: torch.Tensor, items: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row of ``users``' top ``k`` items by the scores users @ items^T, computed for a block
+    of users at a time (at most TOP_BLOCK_SCORES scores)."""
+    items_t = items.t()
+    step = top_block_users(items.shape[0])
+    return torch.cat([(users[s:s + step] @ items_t).topk(k, dim=1).indices
+                      for s in range(0, users.shape[0], step)])
+
+
 def step_bytes(cfg: KDConfig, n_items: int) -> int:
     """Memory of one distillation step: the candidates' cost matrix M and the Sinkhorn kernels
     K, K^T, K*M (candidates x candidates), about a dozen users x candidates rows (scores of
@@ -173,14 +183,9 @@ class Distiller:
         return (self.cfg.type != "none" and self.cfg.candidates == "teacher"
                 and self.cfg.top_refresh == "epoch")
 
-    @torch.no_grad()
-    def cache_teacher_top(self, users: torch.Tensor, items: torch.Tensor,
-                          block: int = 4096) -> None:
-        """Every user's top_k items by the scores users @ items^T, block by block."""
-        k = min(self.cfg.top_k, self.n_items)
-        parts = [(users[s:s + block] @ items.t()).topk(k, dim=1).indices.cpu()
-                 for s in range(0, users.shape[0], block)]
-        self.cached_top = torch.cat(parts)
+    def cache_teacher_top(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        """Every user's top_k items by the scores users @ items^T."""
+        self.cached_top = top_items(users, items, min(self.cfg.top_k, self.n_items)).cpu()
 
     def weight(self, epoch: int) -> float:
         """gamma at ``epoch``: kd.weight, ramped linearly from 0 over kd.warmup_epochs."""
@@ -219,12 +224,7 @@ class Distiller:
         def teacher_top(users: torch.Tensor) -> torch.Tensor:
             if self.cached_top is not None:  # kd.top_refresh=epoch (set by GUIDER's on_epoch)
                 return self.cached_top[users.cpu()]
-            with torch.no_grad():  # in blocks of users: the same lists, bounded memory
-                u = users.to(teacher_users.device)
-                items_t = teacher_items.t()
-                step = top_block_users(self.n_items)
-                return torch.cat([(teacher_users[u[s:s + step]] @ items_t).topk(k, dim=1).indices
-                                  for s in range(0, len(u), step)])
+            return top_items(teacher_users[users.to(teacher_users.device)], teacher_items, k)
 
         users, cand = self.sample(batch, teacher_top)
         dev = student_users.device
