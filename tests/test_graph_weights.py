@@ -76,8 +76,9 @@ def test_freedom_pruned_graph_never_holds_a_zero_weight_edge(tiny_cfg):
     assert (pruned[users[n // 3:], items[n // 3:]] > 0).sum() > 0
 
 
-GUIDER_GRAPH = ("denoise=guider", "denoise.graph=true", "denoise.amsc.warmup_epochs=1",
-                "denoise.amsc.rho_max=0.2", "train.lr=0.01", "denoise.teacher_lr=0.01")
+GUIDER_GRAPH = ("denoise=guider", "denoise.graph=true", "denoise.dbpr.enabled=true",
+                "denoise.amsc.warmup_epochs=1", "denoise.amsc.rho_max=0.2", "train.lr=0.01",
+                "denoise.teacher_lr=0.01")
 
 
 def test_guider_graph_flags_reach_student_and_teacher(tiny_cfg):

@@ -331,7 +331,7 @@ def test_kd_warmup_ramps_gamma():
 
 
 def test_guider_user_cap_reaches_the_flags(tiny_cfg):
-    _, g = switches(tiny_cfg, "denoise.amsc.user_cap=0.5", "denoise.amsc.rho_max=0.4")
+    _, g = switches(tiny_cfg, "denoise.dbpr.enabled=true", "denoise.amsc.user_cap=0.5", "denoise.amsc.rho_max=0.4")
     g.on_epoch(5)
     a = g.amsc
     per_user = torch.zeros(a.n_users).index_add_(0, a.users, g.false_mask.float())
@@ -428,7 +428,7 @@ def test_without_kd_and_dbpr_student_trains_exactly_as_no_denoiser(tiny_cfg, tmp
 
 def test_full_guider_changes_training_and_reports_detection(tiny_cfg, tmp_path):
     plain = run(tiny_cfg("train.lr=0.01"), tmp_path / "none")
-    guided = run(tiny_cfg(*GUIDER_FAST), tmp_path / "guider")
+    guided = run(tiny_cfg(*GUIDER_FAST, "denoise.dbpr.enabled=true"), tmp_path / "guider")
     assert plain["test"] != guided["test"]
     det = guided["detection"]
     assert det["n_noisy"] > 0 and det["auc"] > 0.5
@@ -440,7 +440,7 @@ def test_full_guider_changes_training_and_reports_detection(tiny_cfg, tmp_path):
 
 
 def test_guider_flags_noise_better_than_chance(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(*GUIDER_FAST, "dataset.synthetic.n_users=800", "dataset.synthetic.n_items=400",
+    cfg = tiny_cfg(*GUIDER_FAST, "denoise.dbpr.enabled=true", "dataset.synthetic.n_users=800", "dataset.synthetic.n_items=400",
                    "dataset.synthetic.mean_interactions=20", "train.epochs=6")
     metrics = run(cfg, tmp_path)
     det = metrics["detection"]
@@ -470,14 +470,26 @@ def test_ablation_dbpr_disabled_means_omega_one_and_no_amsc(tiny_cfg):
     assert g.noise_scores() is None
 
 
+def test_default_has_no_amsc_and_switches_that_need_flags_say_so(tiny_cfg):
+    # the default since docs/guider.md section 7: distillation only, AMSC not built, omega = 1
+    job, g = switches(tiny_cfg)
+    g.on_epoch(5)
+    assert g.amsc is None and bool((g.omega == 1).all()) and g.noise_scores() is None
+    for key in ("student_dbpr", "graph"):
+        with pytest.raises(ValueError, match="denoise.dbpr.enabled=true"):
+            switches(tiny_cfg, f"denoise.{key}=true")
+        assert switches(tiny_cfg, f"denoise.{key}=true", "denoise.dbpr.enabled=true")[1].amsc
+
+
 def test_ablation_false_weight_and_student_dbpr(tiny_cfg):
-    job, g = switches(tiny_cfg, "denoise.dbpr.false_weight=0.5", "denoise.student_dbpr=true")
+    job, g = switches(tiny_cfg, "denoise.dbpr.enabled=true", "denoise.dbpr.false_weight=0.5",
+                    "denoise.student_dbpr=true")
     g.on_epoch(5)
     assert set(torch.unique(g.omega).tolist()) == {0.5, 1.0}
     assert int((g.omega == 0.5).sum()) == int(g.false_mask.sum()) > 0
     batch, _ = one_batch(job)
     assert torch.equal(g.weights(batch, torch.zeros(64)), g.omega[:64])
-    job, g = switches(tiny_cfg)  # the default: the student's loss untouched
+    job, g = switches(tiny_cfg, "denoise.dbpr.enabled=true")  # by default the student's loss is untouched
     g.on_epoch(5)
     assert g.weights(batch, torch.zeros(64)) is None and (g.omega == 0).any()
 
@@ -510,7 +522,7 @@ def test_ablation_teacher_choice(tiny_cfg):
 
 
 def test_ablation_calibrate_flag_reaches_amsc(tiny_cfg):
-    _, g = switches(tiny_cfg, "denoise.amsc.calibrate=false")
+    _, g = switches(tiny_cfg, "denoise.dbpr.enabled=true", "denoise.amsc.calibrate=false")
     assert g.amsc.cfg.calibrate is False
 
 

@@ -340,7 +340,7 @@ def test_pinned_experiments_define_the_grids():
     abl = _hydra_cfg("experiment=ablation")
     assert abl.denoise.name == "guider"
     assert dict(abl.hydra.sweeper.params) == {
-        "+experiment/variant": "full,no_amsc_dbpr,dbpr_only,graph_only,no_calibration,kd_ot,"
+        "+experiment/variant": "defaults,full,dbpr_only,graph_only,no_calibration,kd_ot,"
                                "lightgcn_teacher,spec", "seed": "0,1,2"}
     rec = _hydra_cfg("experiment=recipe_ablation")
     assert rec.denoise.name == "guider" and rec.train.patience == 50
@@ -349,48 +349,61 @@ def test_pinned_experiments_define_the_grids():
         "seed": "0,1,2"}
     tune = _hydra_cfg("experiment=tune")
     assert "optuna" in tune.hydra.sweeper._target_.lower() and tune.hydra.sweeper.direction == "maximize"
+    assert set(tune.hydra.sweeper.params) == {"train.lr", "denoise.kd.weight", "denoise.kd.tau"}
     assert _hydra_cfg("hydra/launcher=parallel").hydra.launcher.n_jobs == 2
 
 
-@pytest.mark.parametrize("variant, key, value", [
-    ("no_calibration", "denoise.amsc.calibrate", False),
-    ("no_amsc_dbpr", "denoise.dbpr.enabled", False),
-    ("kd_ot", "denoise.kd.type", "ot"),
+@pytest.mark.parametrize("variant, reference, key, value", [
+    ("full", "defaults", "denoise.dbpr.enabled", True),
+    ("kd_ot", "defaults", "denoise.kd.type", "ot"),
+    ("no_calibration", "full", "denoise.amsc.calibrate", False),
 ])
-def test_ablation_variants_flip_one_switch(variant, key, value):
+def test_ablation_variants_flip_one_switch(variant, reference, key, value):
     base = [o for o in TINY if not o.startswith("denoise=")] + ["experiment=ablation"]
-    full = compose_config([*base, "+experiment/variant=full"])
+    ref = compose_config([*base, f"+experiment/variant={reference}"])
     cfg = compose_config([*base, f"+experiment/variant={variant}"])
-    assert full.denoise.name == "guider"
-    assert OmegaConf.select(cfg, key) == value and OmegaConf.select(full, key) != value
-    assert config_hash(cfg) != config_hash(full)
+    assert ref.denoise.name == "guider"
+    assert OmegaConf.select(cfg, key) == value and OmegaConf.select(ref, key) != value
+    assert config_hash(cfg) != config_hash(ref)
     flat = lambda c: {k: v for k, v in pd.json_normalize(OmegaConf.to_container(c, resolve=True)).iloc[0].items()}  # noqa: E731
-    diff = {k for k in flat(cfg) if flat(cfg)[k] != flat(full).get(k)}
+    diff = {k for k in flat(cfg) if flat(cfg)[k] != flat(ref).get(k)}
     assert diff == {key}
 
 
-@pytest.mark.parametrize("variant, expected", [
-    ("dbpr_only", {"denoise.student_dbpr": True, "denoise.kd.type": "none"}),
-    ("graph_only", {"denoise.graph": True, "denoise.kd.type": "none"}),
-    ("lightgcn_teacher", {"denoise.teacher.name": "lightgcn", "denoise.teacher.n_layers": 2}),
-    ("spec", {"denoise.teacher.name": "lightgcn", "denoise.student_dbpr": True,
-              "denoise.kd.type": "ot", "denoise.kd.weight": 0.1, "denoise.kd.users": 256,
-              "denoise.kd.items": 256, "denoise.kd.candidates": "batch"}),
+def test_defaults_variant_is_the_plain_default():
+    base = [o for o in TINY if not o.startswith("denoise=")]
+    plain = compose_config([*base, "denoise=guider"])
+    dflt = compose_config([*base, "experiment=ablation", "+experiment/variant=defaults"])
+    assert OmegaConf.to_container(dflt.denoise, resolve=True) == OmegaConf.to_container(
+        plain.denoise, resolve=True)
+    assert plain.denoise.dbpr.enabled is False
+
+
+@pytest.mark.parametrize("variant, reference, expected", [
+    ("dbpr_only", "full", {"denoise.student_dbpr": True, "denoise.kd.type": "none"}),
+    ("graph_only", "full", {"denoise.graph": True, "denoise.kd.type": "none"}),
+    ("lightgcn_teacher", "defaults", {"denoise.teacher.name": "lightgcn",
+                                      "denoise.teacher.n_layers": 2}),
+    ("spec", "full", {"denoise.teacher.name": "lightgcn", "denoise.student_dbpr": True,
+                      "denoise.kd.type": "ot", "denoise.kd.weight": 0.1, "denoise.kd.users": 256,
+                      "denoise.kd.items": 256, "denoise.kd.candidates": "batch"}),
 ])
-def test_ablation_variants_that_change_the_teacher_or_several_keys(variant, expected):
-    """The defaults are the authors' recipe (FREEDOM teacher, KL over the teacher's candidates,
-    the student's loss untouched); these variants set exactly the named keys (a teacher: its
-    group), and each validates."""
+def test_ablation_variants_that_change_the_teacher_or_several_keys(variant, reference, expected):
+    """The defaults are the authors' teacher and distillation (FREEDOM teacher, KL over the
+    teacher's candidates, the student's loss untouched, AMSC + DBPR off); `full` turns DBPR on.
+    These variants set exactly the named keys against their reference (a teacher: its group), and
+    each validates."""
     from guider.pipeline import validate
 
     base = [o for o in TINY if not o.startswith("denoise=")] + ["experiment=ablation"]
-    full = compose_config([*base, "+experiment/variant=full"])
-    assert full.denoise.teacher.name == "freedom" and full.denoise.kd.type == "kl"
-    assert full.denoise.kd.candidates == "teacher" and not full.denoise.student_dbpr
+    ref = compose_config([*base, f"+experiment/variant={reference}"])
+    assert ref.denoise.teacher.name == "freedom" and ref.denoise.kd.type == "kl"
+    assert ref.denoise.kd.candidates == "teacher" and not ref.denoise.student_dbpr
+    assert ref.denoise.dbpr.enabled == (reference == "full")
     cfg = compose_config([*base, f"+experiment/variant={variant}"])
     flat = lambda c: {k: v for k, v in pd.json_normalize(OmegaConf.to_container(c, resolve=True)).iloc[0].items()}  # noqa: E731
-    changed = {k for k in flat(cfg) if flat(cfg)[k] != flat(full).get(k)}
-    changed |= {k for k in flat(full) if k not in flat(cfg)}
+    changed = {k for k in flat(cfg) if flat(cfg)[k] != flat(ref).get(k)}
+    changed |= {k for k in flat(ref) if k not in flat(cfg)}
     for key, value in expected.items():
         assert OmegaConf.select(cfg, key) == value, key
     teacher = {k for k in changed if k.startswith("denoise.teacher.")}
@@ -568,7 +581,7 @@ def test_guider_runs_keep_the_identity_they_had_before_the_teacher_group():
     # GUIDER's defaults of then, set explicitly since the defaults moved to the authors' recipe
     then = ["denoise/teacher=lightgcn", "denoise.student_dbpr=true", "denoise.kd.type=ot",
             "denoise.kd.weight=0.1", "denoise.kd.users=256", "denoise.kd.items=256",
-            "denoise.kd.candidates=batch"]
+            "denoise.kd.candidates=batch", "denoise.dbpr.enabled=true"]
     common = ["dataset=tiktok", "data_dir=/work/shared/data", "noise=random", "noise.ratio=0.2",
               "train.patience=50", "train.progress=false", "backbone=freedom", "denoise=guider",
               "seed=0", *then]

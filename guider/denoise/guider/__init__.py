@@ -37,7 +37,9 @@ def default_teacher() -> dict:
 
 @dataclass
 class DBPRConfig:
-    enabled: bool = True  # false: omega = 1 everywhere (plain BPR), AMSC unused
+    # true: AMSC flags interactions and omega weights the teacher's BPR (DBPR); false (the
+    # default since the paired measurements of docs/guider.md section 7): omega = 1, AMSC unused
+    enabled: bool = False
     false_weight: float = 0.0  # omega for I_false: 0 drops, 0 < w < 1 down-weights
 
 
@@ -76,6 +78,12 @@ class GuiderConfig(DenoiseConfig):
                              f"teacher steps on every batch)")
         if self.teacher_lr <= 0:
             raise ValueError(f"denoise.teacher_lr={self.teacher_lr}: must be > 0")
+        if not self.dbpr.enabled:
+            on = [k for k, v in (("student_dbpr", self.student_dbpr), ("graph", self.graph)) if v]
+            if on:  # omega is 1 everywhere without AMSC: these switches would do nothing
+                raise ValueError(f"denoise.{on[0]}=true needs AMSC's flags, which are off by "
+                                 f"default: add denoise.dbpr.enabled=true (or use "
+                                 f"+experiment/variant=full)")
         if not 0.0 <= self.dbpr.false_weight <= 1.0:
             raise ValueError(f"denoise.dbpr.false_weight={self.dbpr.false_weight}: must lie in "
                              f"[0, 1]")
