@@ -15,7 +15,7 @@ from guider.pipeline import validate
 
 from .conftest import compose_config
 
-GROUPS = ["dataset", "backbone", "denoise", "noise"]
+GROUPS = ["dataset", "backbone", "denoise", "noise", "train"]
 
 
 def options(group: str) -> list[str]:
@@ -51,6 +51,30 @@ def test_defaults():
     assert cfg.train.eval_every == 1 and cfg.train.patience == 20 and cfg.train.resume is False
     assert list(cfg.eval.topk) == [5, 10, 20, 50] and cfg.eval.valid_metric == "Recall@20"
     assert cfg.device == "auto"
+
+
+def test_train_fast_preset_changes_exactly_its_three_keys():
+    """train=fast: twice the reference rate, a validation every 5 epochs and patience counted in
+    validations (4 x 5 epochs = the reference's 20); nothing else moves but GUIDER's teacher rate, which follows the student's, the same run as the keys
+    written out, and a dataset's own rate (the synthetic set's) still wins."""
+    from omegaconf import OmegaConf
+
+    from guider.identity import config_hash
+
+    ref = OmegaConf.to_container(compose_config(["dataset=tiktok"]), resolve=True)
+    fast = OmegaConf.to_container(compose_config(["dataset=tiktok", "train=fast"]), resolve=True)
+    changed = {k for k in ref["train"] if ref["train"][k] != fast["train"][k]}
+    assert changed == {"lr", "eval_every", "patience"}
+    assert (fast["train"]["lr"], fast["train"]["eval_every"], fast["train"]["patience"]) == (0.002, 5, 4)
+    assert fast["train"]["eval_every"] * fast["train"]["patience"] == ref["train"]["patience"]
+    # GUIDER's teacher follows the student's rate (${train.lr}); every other key stays
+    assert fast["denoise"].pop("teacher_lr") == 0.002 and ref["denoise"].pop("teacher_lr") == 0.001
+    assert {k: v for k, v in fast.items() if k != "train"} == {k: v for k, v in ref.items() if k != "train"}
+    spelled = compose_config(["dataset=tiktok", "train.lr=0.002", "train.eval_every=5",
+                              "train.patience=4"])
+    assert config_hash(compose_config(["dataset=tiktok", "train=fast"])) == config_hash(spelled)
+    synthetic = compose_config(["train=fast"])
+    assert synthetic.train.lr == pytest.approx(5e-3) and synthetic.train.eval_every == 5
 
 
 def test_unknown_top_level_key_fails_naming_it():
