@@ -634,6 +634,32 @@ def test_pairing_across_backbones_hand_worked(tmp_path):
     assert "+0.0233 ± 0.0067" in row
 
 
+def test_a_default_teacher_is_named_in_the_summary_not_left_blank(tmp_path):
+    """Runs that choose denoise/teacher and runs that leave it at its default share one column;
+    the latter read the teacher's name from their saved config; other denoisers stay empty."""
+    root = tmp_path / "sweep"
+
+    def set_teacher(run: Path, teacher: object) -> Path:
+        for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
+            cfg = yaml.safe_load(path.read_text())
+            cfg["denoise"]["teacher"] = teacher
+            path.write_text(yaml.safe_dump(cfg))
+        return run
+
+    make_run(root, "none-0", denoise="none", ratio=0.2, seed=0, recall=0.20)
+    set_teacher(make_run(root, "lightgcn-0", denoise="guider", ratio=0.2, seed=0, recall=0.22,
+                         extra_overrides=("denoise/teacher=lightgcn",)), {"name": "lightgcn"})
+    set_teacher(make_run(root, "default-0", denoise="guider", ratio=0.2, seed=0, recall=0.25),
+                {"name": "freedom", "knn_k": 20})
+    set_teacher(make_run(root, "older-0", denoise="guider", ratio=0.2, seed=0, recall=0.21,
+                         extra_overrides=("train.lr=0.002",)), "mf")  # the form before the group
+    runs = collect_runs(root)[0].set_index("run")
+    assert runs.loc["default-0", "denoise.teacher"] == "freedom"
+    assert runs.loc["lightgcn-0", "denoise.teacher"] == "lightgcn"
+    assert runs.loc["older-0", "denoise.teacher"] == "mf"
+    assert pd.isna(runs.loc["none-0", "denoise.teacher"])
+
+
 def test_runs_older_than_a_key_group_with_newer_runs_at_its_neutral_value(tmp_path):
     """A GUIDER run made before denoise.kd.candidates existed behaved as candidates=batch: it
     groups and pairs with a newer default run (whose config holds the key), apart from the runs

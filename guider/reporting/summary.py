@@ -168,6 +168,16 @@ def _column_for(key: str, flat_cfg_keys: set[str]) -> tuple[str, str | None]:
     return key, None  # a group choice, or a key absent from the saved config
 
 
+def _group_choice(row: dict, column: str) -> Any:
+    """The choice of a denoiser's config group (``denoise.teacher``) in a run that did not
+    override it, read from its saved config (the chosen node's ``name``; a string in the
+    older form): so the default teacher reads ``freedom``, not an empty cell."""
+    if not column.startswith("denoise."):
+        return None
+    value = row.get(f"cfg.{column}.name", row.get(f"cfg.{column}"))
+    return value if isinstance(value, str) else None
+
+
 def collect_runs(root: str | Path, evaluation: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     """All runs under ``root``: (one row per run, the setting columns that vary across runs).
 
@@ -200,6 +210,8 @@ def collect_runs(root: str | Path, evaluation: str | None = None) -> tuple[pd.Da
                 value = overrides.get(raw_key[column])
             if value is None and source:  # a run older than the key: the value it behaved as
                 value = value_before_key(source, row.get("denoise"))
+            if value is None and "/" in raw_key[column]:  # a group left at its default choice:
+                value = _group_choice(row, column)       # the saved config names it
             row[column] = value
     candidates = [*IDENTITY, *sources]
     table = pd.DataFrame(rows)
