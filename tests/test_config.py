@@ -55,8 +55,9 @@ def test_defaults():
 
 def test_train_fast_preset_changes_exactly_its_three_keys():
     """train=fast: twice the reference rate, a validation every 5 epochs and patience counted in
-    validations (4 x 5 epochs = the reference's 20); nothing else moves but GUIDER's teacher rate, which follows the student's, the same run as the keys
-    written out, and a dataset's own rate (the synthetic set's) still wins."""
+    validations (4 x 5 epochs = the reference's 20). Nothing else moves but GUIDER's teacher rate,
+    which follows the student's; it is the same run as the keys written out; a dataset's own
+    rate (the synthetic set's) still wins."""
     from omegaconf import OmegaConf
 
     from guider.identity import config_hash
