@@ -68,6 +68,15 @@ def make_run(root: Path, name: str, *, denoise: str, ratio: float, seed: int, re
     return run
 
 
+def set_denoise_key(run: Path, key: str, value: object) -> Path:
+    """Set ``denoise.<key>`` in a made run's saved configs (config.yaml and .hydra/config.yaml)."""
+    for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
+        cfg = yaml.safe_load(path.read_text())
+        cfg["denoise"][key] = value
+        path.write_text(yaml.safe_dump(cfg))
+    return run
+
+
 NONE_RECALL = {0.0: [0.30, 0.32, 0.34], 0.2: [0.20, 0.25, 0.27]}
 GUIDER_RECALL = {0.0: [0.31, 0.35, 0.36], 0.2: [0.29, 0.30]}  # seed 2 at 0.2 failed
 
@@ -640,11 +649,7 @@ def test_a_default_teacher_is_named_in_the_summary_not_left_blank(tmp_path):
     root = tmp_path / "sweep"
 
     def set_teacher(run: Path, teacher: object) -> Path:
-        for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
-            cfg = yaml.safe_load(path.read_text())
-            cfg["denoise"]["teacher"] = teacher
-            path.write_text(yaml.safe_dump(cfg))
-        return run
+        return set_denoise_key(run, "teacher", teacher)
 
     make_run(root, "none-0", denoise="none", ratio=0.2, seed=0, recall=0.20)
     set_teacher(make_run(root, "lightgcn-0", denoise="guider", ratio=0.2, seed=0, recall=0.22,
@@ -666,11 +671,8 @@ def test_runs_older_than_a_key_group_with_newer_runs_at_its_neutral_value(tmp_pa
     that set another value; other denoisers get no value for GUIDER's key."""
     root = tmp_path / "sweep"
 
-    def set_candidates(run: Path, value: str) -> None:
-        for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
-            cfg = yaml.safe_load(path.read_text())
-            cfg["denoise"]["kd"] = {"candidates": value}
-            path.write_text(yaml.safe_dump(cfg))
+    def set_candidates(run: Path, value: str) -> Path:
+        return set_denoise_key(run, "kd", {"candidates": value})
 
     for seed in (0, 1):
         make_run(root, f"none-{seed}", denoise="none", ratio=0.2, seed=seed, recall=0.20)
