@@ -562,3 +562,15 @@ def test_amsc_levers_script_scores_a_saved_run(tiny_cfg, tmp_path):
     assert table["auc"].between(0, 1).all() and table["auc"].nunique() > 1
     plain = table.set_index("lever")
     assert plain.loc["conf_floor=1 (content only, calibrated alpha)", "mean_w"] == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("extra", [
+    (),  # the defaults: a FREEDOM teacher in sync, distillation over the teacher's top items
+    ("denoise.dbpr.enabled=true", "denoise.graph=true", "denoise.amsc.user_cap=0.5",
+     "denoise.kd.top_refresh=epoch", "denoise.kd.type=ot"),  # AMSC flags reaching the graphs
+])
+def test_guider_runs_on_cuda(tiny_cfg, tmp_path, extra):
+    metrics = run(tiny_cfg("denoise=guider", "device=cuda", "train.epochs=4", *extra), tmp_path)
+    assert metrics["device"].startswith("cuda")
+    assert np.isfinite(metrics["test"]["Recall@20"]) and metrics["test"]["Recall@20"] > 0
