@@ -690,3 +690,36 @@ def test_runs_older_than_a_key_group_with_newer_runs_at_its_neutral_value(tmp_pa
     assert table.loc["batch", "pairs"] == 2
     assert table.loc["batch", "test.Recall@20 diff"] == pytest.approx(0.02)
     assert table.loc["teacher", "test.Recall@20 diff"] == pytest.approx(0.05)
+
+
+def test_paired_validation_curves_hand_worked(tmp_path):
+    """Seed 0: guider validates epochs 0-2 (0.1, 0.2, 0.3), none epochs 0-4 (0.1, 0.15, 0.25, 0.3,
+    0.35); seed 1: guider epochs 0-3 (0.2 each), none epochs 0-1 (0.1, 0.3). Differences by epoch:
+    0 -> 0.0 and 0.1 (mean 0.05), 1 -> 0.05 and -0.1, 2 -> 0.05 (one pair). The last epoch both
+    pairs reached is 1: mean -0.025, se std(0.05, -0.1) / sqrt 2; best up to it: 0.2 - 0.15 and
+    0.2 - 0.3, the same mean."""
+    root = tmp_path / "sweep"
+    histories = {("guider", 0): [0.1, 0.2, 0.3], ("none", 0): [0.1, 0.15, 0.25, 0.3, 0.35],
+                 ("guider", 1): [0.2] * 4, ("none", 1): [0.1, 0.3]}
+    for (denoise, seed), values in histories.items():
+        run = make_run(root, f"{denoise}-{seed}", denoise=denoise, ratio=0.2, seed=seed,
+                       recall=values[-1], stop_reason="time_budget")
+        pd.DataFrame({"epoch": range(len(values)), "loss": 1.0, "Recall@20": values}).to_csv(
+            run / "history.csv", index=False)
+    result = summarize(root)
+    curves = pd.read_csv(root / "paired_curves.csv").set_index("epoch")
+    assert curves["pairs"].to_dict() == {0: 2, 1: 2, 2: 1}
+    assert curves.loc[0, "diff"] == pytest.approx(0.05, abs=1e-12)
+    assert curves.loc[1, "diff"] == pytest.approx(-0.025, abs=1e-12)
+    assert curves.loc[1, "se"] == pytest.approx(statistics.stdev([0.05, -0.1]) / math.sqrt(2),
+                                                abs=1e-12)
+    assert curves.loc[2, "diff"] == pytest.approx(0.05, abs=1e-12) and math.isnan(curves.loc[2, "se"])
+    se = f"{statistics.stdev([0.05, -0.1]) / math.sqrt(2):.4f}"
+    assert (f"| guider | 2 | 1 | -0.0250 ± {se} | -0.0250 ± {se} |") in result.markdown
+    assert (root / "figures" / "paired_valid_curve_vs_none.png").is_file()
+    # without histories (exported results keep metrics and configs only): no section, no file
+    for denoise, seed in histories:
+        (root / f"{denoise}-{seed}" / "history.csv").unlink()
+    again = summarize(root)
+    assert "equal epochs" not in again.markdown and not (root / "paired_curves.csv").exists()
+    assert not (root / "figures" / "paired_valid_curve_vs_none.png").exists()

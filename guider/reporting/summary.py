@@ -469,19 +469,28 @@ def _pair_group(group: pd.DataFrame, partners: list[pd.Series | None], config_co
     return out, unpaired
 
 
-def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str = "none",
-                       metrics: Iterable[tuple[str, str]] = PAIRED_METRICS,
-                       reference_backbone: str | None = None) -> Paired | None:
-    """Pair every completed run with the completed run of ``denoise=<reference>`` that shares
-    everything but the denoiser: the same seed, the same noise seed and the same values of every
-    other varying setting (backbone, noise ratio, ...). The reference is the plain
-    configuration of that denoiser: its overridden keys (``denoise.*`` columns) unset or at the
-    registered defaults, no ``variant``. Per configuration (the setting columns
-    except seed) give mean(metric - reference metric) over its pairs, the standard error
-    std / sqrt(n) (sample std, empty for one pair) and n. Runs of other configurations without a
-    partner (the reference run missing, failed or unfinished; or the run itself not completed)
-    are returned in ``unpaired``, never silently dropped. None when the folder holds no
-    reference run or no other denoiser.
+@dataclass
+class Pairing:
+    """Every run that is not the reference, by configuration, with its reference partner (None
+    where it has none): what ``paired_differences`` and the paired curves aggregate."""
+
+    reference: str
+    config_keys: list[str]
+    groups: list[tuple[pd.DataFrame, list[pd.Series | None]]]
+    reference_backbone: str | None = None
+
+    @property
+    def label(self) -> str:
+        return pairing_label(self.reference, self.reference_backbone)
+
+
+def pair_runs(runs: pd.DataFrame, group_keys: list[str], reference: str = "none",
+              reference_backbone: str | None = None) -> Pairing | None:
+    """Pair every run with the completed run of ``denoise=<reference>`` that shares everything
+    but the denoiser: the same seed, the same noise seed and the same values of every other
+    varying setting (backbone, noise ratio, ...). The reference is the plain configuration of
+    that denoiser: its overridden keys (``denoise.*`` columns) unset or at the registered
+    defaults, no ``variant``. None when the folder holds no reference run or no other denoiser.
 
     ``reference_backbone``: pair across models too: the reference is ``denoise=<reference>`` on
     that backbone, and every run of every backbone is paired with it (a model that denoises by
@@ -517,23 +526,39 @@ def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str
     for _, row in refs.iterrows():
         if row["status"] == "completed":
             ref_by_key.setdefault(key_of(row), row)
-    metric_cols = [(c, label) for c, label in metrics if c in runs]
-    rows, unpaired = [], []
     frame = others.copy()
     config_cols = [*base, *den]
     frame["__config"] = [tuple("" if _missing(r[c]) else repr(r[c]) for c in config_cols)
                          for _, r in frame.iterrows()]
-    for _, group in frame.groupby("__config", sort=False):
-        partners = [ref_by_key.get(key_of(row)) for _, row in group.iterrows()]
-        out, missing = _pair_group(group, partners, config_cols, [c for c, _ in metric_cols],
-                                   pairing_label(reference, reference_backbone))
+    groups = [(group, [ref_by_key.get(key_of(row)) for _, row in group.iterrows()])
+              for _, group in frame.groupby("__config", sort=False)]
+    return Pairing(reference, config_cols, groups, reference_backbone)
+
+
+def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str = "none",
+                       metrics: Iterable[tuple[str, str]] = PAIRED_METRICS,
+                       reference_backbone: str | None = None) -> Paired | None:
+    """The runs paired as ``pair_runs`` pairs them. Per configuration (the setting columns
+    except seed) give mean(metric - reference metric) over its pairs, the standard error
+    std / sqrt(n) (sample std, empty for one pair) and n. Runs of other configurations without a
+    partner (the reference run missing, failed or unfinished; or the run itself not completed)
+    are returned in ``unpaired``, never silently dropped. None when the folder holds no
+    reference run or no other denoiser."""
+    pairing = pair_runs(runs, group_keys, reference, reference_backbone)
+    if pairing is None:
+        return None
+    metric_cols = [(c, label) for c, label in metrics if c in runs]
+    rows, unpaired = [], []
+    for group, partners in pairing.groups:
+        out, missing = _pair_group(group, partners, pairing.config_keys,
+                                   [c for c, _ in metric_cols], pairing.label)
         rows.append(out)
         unpaired += missing
     table = pd.DataFrame(rows)
     if len(table):
-        table = table.sort_values(by=[*base, *den], key=_sort_key, kind="stable")
-    return Paired(reference, table.reset_index(drop=True), pd.DataFrame(unpaired), config_cols,
-                  reference_backbone)
+        table = table.sort_values(by=pairing.config_keys, key=_sort_key, kind="stable")
+    return Paired(reference, table.reset_index(drop=True), pd.DataFrame(unpaired),
+                  pairing.config_keys, reference_backbone)
 
 
 def _fmt_diff(mean: float, se: float) -> str:
@@ -768,6 +793,12 @@ class Summary:
     paired: Paired | None = None
 
 
+def _valid_metric(runs: pd.DataFrame) -> str:
+    """The validation metric the runs selected on (the most common; Recall@20 when unknown)."""
+    values = runs["valid_metric"].dropna() if "valid_metric" in runs else pd.Series(dtype=str)
+    return str(values.mode().iloc[0]) if len(values) else "Recall@20"
+
+
 def summarize(folder: str | Path, out_dir: str | Path | None = None,
               metrics: Iterable[tuple[str, str, bool]] = DEFAULT_METRICS,
               reference: str = "none", evaluation: str | None = None,
@@ -807,9 +838,23 @@ def summarize(folder: str | Path, out_dir: str | Path | None = None,
                                       for _, r in extra.iterrows()]).drop(
                 columns=[c for c in paired.config_keys])
             summary = left.merge(right, on="__k", how="left").drop(columns="__k")
+    curves = common = pd.DataFrame()
+    pairing = (pair_runs(runs, varying, reference, reference_backbone)
+               if len(runs) and evaluation is None else None)
+    if pairing is not None:  # validation at equal epochs, from the runs' history.csv
+        from .curves import curves_markdown, paired_curves
+
+        curves, common = paired_curves(pairing, folder)
+        if len(common):
+            md += curves_markdown(pairing, common, _valid_metric(runs))
     if len(runs):
         md += detection_markdown(summary, runs, varying)
     files = [out / "runs.csv", out / "summary.csv", out / "summary.md"]
+    if len(curves):
+        files.append(out / "paired_curves.csv")
+        io.write_text(files[-1], curves.to_csv(index=False))
+    elif (out / "paired_curves.csv").is_file():
+        (out / "paired_curves.csv").unlink()
     io.write_text(files[0], runs.drop(columns=[c for c in runs.columns if c.startswith("cfg.")])
                   .to_csv(index=False))
     io.write_text(files[1], summary.to_csv(index=False))
@@ -821,4 +866,9 @@ def summarize(folder: str | Path, out_dir: str | Path | None = None,
             old.unlink()
         if paired is not None and len(paired.table):
             files += write_paired_figure(paired, out / "figures", context)
+        if pairing is not None and len(curves):
+            from .curves import write_curves_figure
+
+            files.append(write_curves_figure(pairing, curves, out / "figures",
+                                             _valid_metric(runs), context))
     return Summary(folder, runs, summary, varying, md, files, paired)

@@ -1,0 +1,144 @@
+"""Paired validation curves: each run against its reference partner at the same epochs.
+
+A run's ``history.csv`` holds its validation metric at every validated epoch. When the runs of a
+folder stop at different epochs (a time budget, early stopping at different points), their final
+numbers compare different amounts of training; the curves compare like with like: run minus
+partner at each epoch both validated, then mean and standard error over the pairs of a
+configuration. Pairs are the ones of the paired differences (``summary.pair_runs``). A folder
+without histories (exported results keep only metrics and configs) gets no curve section.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from .summary import (Pairing, _fmt_diff, _fmt_value, _label, _slug, _sort_key, markdown_table)
+
+
+def read_history(run_dir: Path, metric: str) -> pd.Series | None:
+    """The validation ``metric`` of a run by epoch, from its history.csv; None without one."""
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+    if "epoch" not in frame or metric not in frame:
+        return None
+    return pd.to_numeric(frame.set_index("epoch")[metric], errors="coerce").dropna()
+
+
+def _metric_of(row: pd.Series) -> str:
+    metric = row.get("valid_metric")
+    return metric if isinstance(metric, str) and metric else "Recall@20"
+
+
+def pair_histories(pairing: Pairing, root: Path) -> list[tuple[dict, list[pd.DataFrame]]]:
+    """Per configuration: its settings and, per completed pair with both histories, a frame
+    indexed by the epochs both validated with columns ``run`` and ``reference``."""
+    out = []
+    for group, partners in pairing.groups:
+        config = {c: group.iloc[0][c] for c in pairing.config_keys}
+        pairs = []
+        for (_, row), partner in zip(group.iterrows(), partners):
+            if partner is None or row["status"] != "completed":
+                continue
+            metric = _metric_of(row)
+            mine = read_history(root / row["run"], metric)
+            theirs = read_history(root / partner["run"], _metric_of(partner))
+            if mine is None or theirs is None or _metric_of(partner) != metric:
+                continue
+            both = pd.concat({"run": mine, "reference": theirs}, axis=1, join="inner")
+            if len(both):
+                pairs.append(both)
+        if pairs:
+            out.append((config, pairs))
+    return out
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    s = pd.Series(values, dtype=float)
+    return float(s.mean()), (float(s.std(ddof=1) / math.sqrt(len(s))) if len(s) > 1 else math.nan)
+
+
+def paired_curves(pairing: Pairing, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(curves, at_common): ``curves`` has per configuration and epoch the number of pairs that
+    validated at that epoch, the mean paired difference and its standard error; ``at_common``
+    has per configuration the last epoch every pair reached (run and partner) and, there, the
+    paired difference of the metric and of the best value so far (each side's maximum over the
+    epochs both validated up to it)."""
+    curves, common = [], []
+    for config, pairs in pair_histories(pairing, root):
+        diff = pd.concat([p["run"] - p["reference"] for p in pairs], axis=1)
+        for epoch, values in diff.iterrows():
+            v = values.dropna().tolist()
+            mean, se = _mean_se(v)
+            curves.append({**config, "epoch": int(epoch), "pairs": len(v), "diff": mean, "se": se})
+        last = int(min(p.index.max() for p in pairs))
+        at = [float(p.loc[last, "run"] - p.loc[last, "reference"]) for p in pairs]
+        best = [float(p.loc[:last, "run"].max() - p.loc[:last, "reference"].max()) for p in pairs]
+        (at_mean, at_se), (best_mean, best_se) = _mean_se(at), _mean_se(best)
+        common.append({**config, "pairs": len(pairs), "epoch": last, "diff": at_mean,
+                       "se": at_se, "best diff": best_mean, "best se": best_se})
+    curves_frame = pd.DataFrame(curves)
+    common_frame = pd.DataFrame(common)
+    if len(common_frame):
+        keys = pairing.config_keys
+        curves_frame = curves_frame.sort_values(by=[*keys, "epoch"], key=_sort_key, kind="stable")
+        common_frame = common_frame.sort_values(by=keys, key=_sort_key, kind="stable")
+    return curves_frame.reset_index(drop=True), common_frame.reset_index(drop=True)
+
+
+def curves_markdown(pairing: Pairing, common: pd.DataFrame, metric: str) -> str:
+    lines = ["", f"## Validation at equal epochs, paired with {pairing.label}", "",
+             f"From each run's history.csv: the run's validation {metric} minus its partner's at "
+             f"the same epoch (mean ± standard error over the pairs), at the last epoch every "
+             f"pair reached, and the same for the best value up to that epoch. Final numbers "
+             f"compare different amounts of training when runs stop at different epochs (a time "
+             f"budget); these do not. Every epoch: paired_curves.csv and "
+             f"figures/paired_valid_curve_vs_{_slug(pairing.reference)}.png.", ""]
+    headers = [*pairing.config_keys, "pairs", "epoch", f"Δ valid {metric} there",
+               f"Δ best valid {metric} up to it"]
+    rows = [[*[_fmt_value(r[c]) for c in pairing.config_keys], str(int(r["pairs"])),
+             str(int(r["epoch"])), _fmt_diff(r["diff"], r["se"]),
+             _fmt_diff(r["best diff"], r["best se"])] for _, r in common.iterrows()]
+    lines.append(markdown_table(headers, rows))
+    return "\n".join(lines) + "\n"
+
+
+def write_curves_figure(pairing: Pairing, curves: pd.DataFrame, out_dir: Path, metric: str,
+                        context: str = "") -> Path:
+    """One line per configuration: the mean paired difference by epoch with a ± s.e. band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    keys = pairing.config_keys
+    data = curves.assign(__series=[_label(r, keys) for _, r in curves.iterrows()])
+    for name, part in data.groupby("__series", sort=True):
+        x = part["epoch"].to_numpy(float)
+        y = part["diff"].to_numpy(float)
+        se = part["se"].fillna(0.0).to_numpy(float)
+        line, = ax.plot(x, y, marker=".", label=name)
+        ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.2)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"Δ valid {metric} vs {pairing.label}")
+    ax.set_title(f"Paired difference of valid {metric} at equal epochs (mean ± s.e.)"
+                 + (f"\n{context}" if context else ""), fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig.tight_layout()
+    path = out_dir / f"paired_valid_curve_vs_{_slug(pairing.reference)}.png"
+    fig.savefig(path)
+    return path
