@@ -30,6 +30,7 @@ def read_history(run_dir: Path, metric: str) -> pd.Series | None:
         return None
     if "epoch" not in frame or metric not in frame:
         return None
+    frame = frame.drop_duplicates("epoch", keep="last")  # an epoch validated twice: the later
     return pd.to_numeric(frame.set_index("epoch")[metric], errors="coerce").dropna()
 
 
