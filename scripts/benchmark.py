@@ -51,6 +51,8 @@ def measure(dataset: str, backbone: str, denoise: str, data_dir: str, epochs: in
             f"data_dir={data_dir}", "device=cpu", "graph_cache.dir=null", *overrides,
             f"train.epochs={epochs}", f"train.eval_every={epochs}", "train.progress=false",
             "train.save_checkpoints=false"])
+    if int(cfg.threads) > 0:  # threads=N honoured; 0 (the default) keeps torch's own count
+        torch.set_num_threads(int(cfg.threads))
     # graph build: the backbone's construction inside prepare (adjacency, kNN item graphs,
     # projections), timed around the pipeline's build_backbone; graph cache off
     # (graph_cache.dir=null above), so always a cold build
