@@ -410,3 +410,21 @@ def test_benchmark_sizes_fit_and_prediction():
     assert bench.predict(rows, "t", 1600) == pytest.approx(8.0)
     rows[1]["t"] = 16.0  # exponent 2
     assert bench.predict(rows, "t", 1600) == pytest.approx(256.0)
+
+
+def test_benchmark_measures_a_run_on_the_threads_asked_for(tmp_path):
+    """scripts/benchmark.py: one epoch of MF on the default synthetic set, threads=1 honoured."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("benchmark", Path(REPO) / "scripts" / "benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # so that threads=1 must be applied to be seen
+        row = mod.measure("synthetic", "mf", "none", str(tmp_path), epochs=1, evals=1,
+                          overrides=["threads=1"])
+    finally:
+        torch.set_num_threads(before)
+    assert row["threads"] == 1 and row["epoch_s"] > 0 and row["eval_pass_s"] > 0
+    assert 0 < row["valid_recall20_after"] < 1
