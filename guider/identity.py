@@ -118,6 +118,10 @@ def legacy_guider(denoise: dict) -> dict:
     with ``teacher_dim``, ``teacher_layers`` and ``teacher_reg``; any other teacher stays a
     backbone node. The later keys at the values that reproduce the older runs are left out."""
     out = _drop({"denoise": dict(denoise)}, GUIDER_NEUTRAL)["denoise"]
+    kd = out.get("kd")
+    if isinstance(kd, dict) and kd.get("candidates", "batch") != "teacher" and "top_refresh" in kd:
+        # inert without the teacher's candidates: the run is the same whatever its value
+        out["kd"] = {k: v for k, v in kd.items() if k != "top_refresh"}
     teacher = out.get("teacher")
     if (isinstance(teacher, dict) and teacher.get("name") in ("lightgcn", "mf")
             and set(teacher) <= LEGACY_TEACHER_KEYS):

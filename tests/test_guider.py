@@ -361,8 +361,8 @@ def test_teacher_top_lists_once_per_epoch(tiny_cfg, tmp_path):
         Batch(users, torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]), torch.arange(3)),
         lambda us: top[us])
     assert len(cand) == min(g.distiller.cfg.items, g.data.n_items)
-    # per batch (the default) keeps no lists
-    _, plain = switches(tiny_cfg, "denoise.kd.candidates=teacher")
+    # per batch keeps no lists
+    _, plain = switches(tiny_cfg, "denoise.kd.candidates=teacher", "denoise.kd.top_refresh=batch")
     plain.on_epoch(0)
     assert plain.distiller.cached_top is None
     with pytest.raises(ValueError, match="kd.top_refresh"):

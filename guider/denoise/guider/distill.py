@@ -44,7 +44,7 @@ class KDConfig:
     # candidates=teacher: the top lists from the teacher's current scores at every batch (batch),
     # or from its evaluation-mode scores once at the start of each epoch (epoch: no users x items
     # teacher block per batch; lists up to an epoch old)
-    top_refresh: str = "batch"
+    top_refresh: str = "epoch"
     warmup_epochs: int = 0  # gamma ramps linearly from 0 to kd.weight over these epochs
 
     def check(self) -> None:
