@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -723,3 +724,24 @@ def test_paired_validation_curves_hand_worked(tmp_path):
     again = summarize(root)
     assert "equal epochs" not in again.markdown and not (root / "paired_curves.csv").exists()
     assert not (root / "figures" / "paired_valid_curve_vs_none.png").exists()
+
+
+def test_runs_before_and_after_a_default_changed_are_never_one_configuration(tmp_path):
+    """Two GUIDER runs per seed that no override tells apart, saved with different values of a
+    key (a default that changed between them): the key becomes a column, two rows, two pairings."""
+    root = tmp_path / "sweep"
+    for seed in (0, 1):
+        make_run(root, f"none-{seed}", denoise="none", ratio=0.0, seed=seed, recall=0.30)
+        for value, recall in (("batch", 0.31), ("epoch", 0.33)):
+            set_denoise_key(make_run(root, f"guider-{value}-{seed}", denoise="guider", ratio=0.0,
+                                     seed=seed, recall=recall), "kd", {"top_refresh": value})
+    runs, varying = collect_runs(root)
+    assert "denoise.kd.top_refresh" in varying
+    result = summarize(root)
+    table = result.paired.table.set_index("denoise.kd.top_refresh")
+    assert table.loc["batch", "pairs"] == 2 and table.loc["epoch", "pairs"] == 2
+    assert table.loc["epoch", "test.Recall@20 diff"] == pytest.approx(0.03, abs=1e-12)
+    # the same runs with one value only: no extra column
+    for seed in (0, 1):
+        shutil.rmtree(root / f"guider-batch-{seed}")
+    assert "denoise.kd.top_refresh" not in collect_runs(root)[1]

@@ -216,6 +216,9 @@ def collect_runs(root: str | Path, evaluation: str | None = None) -> tuple[pd.Da
     candidates = [*IDENTITY, *sources]
     table = pd.DataFrame(rows)
     varying = [c for c in candidates if c in table and table[c].astype(str).nunique(dropna=False) > 1]
+    for column in hidden_differences(table, varying):  # e.g. a default that changed between runs
+        table[column] = table[f"cfg.{column}"]
+        varying.append(column)
     if "seed" in table and table["seed"].astype(str).nunique(dropna=False) > 1:
         varying.append("seed")
     front = ["run", "status", "error", *varying]
@@ -227,6 +230,29 @@ def collect_runs(root: str | Path, evaluation: str | None = None) -> tuple[pd.Da
     table = table[[*front, *metric_cols, *rest, *constant, *cfg_cols]]
     table = table.sort_values(by=[c for c in [*varying, "run"]], key=_sort_key, kind="stable")
     return table.reset_index(drop=True), varying
+
+
+def hidden_differences(table: pd.DataFrame, varying: list[str]) -> list[str]:
+    """Settings no override names that still differ between runs the varying columns cannot tell
+    apart (runs made before and after a default changed): each becomes a column, so that such runs
+    are never averaged or paired as one configuration. Only keys every run of such a group holds
+    (an older run without a key is read by the rules of ``value_before_key`` instead)."""
+    cfg_cols = [c for c in table.columns if c.startswith("cfg.") and c[4:] != "seed"
+                and is_setting_column(c[4:]) and c[4:] not in varying]
+    if not cfg_cols:
+        return []
+    keys = [c for c in varying if c != "seed" and c in table]
+    frame = table.assign(__group=[tuple(repr(r[k]) for k in keys) for _, r in table.iterrows()]
+                         if keys else 0)
+    out = []
+    for col in cfg_cols:
+        for _, group in frame.groupby("__group", sort=False):
+            values = group[col]
+            if len(values) > 1 and not values.map(_missing).any() \
+                    and values.map(repr).nunique() > 1:
+                out.append(col[4:])
+                break
+    return out
 
 
 def _sort_key(series: pd.Series) -> pd.Series:
