@@ -13,10 +13,11 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from .summary import (Pairing, _fmt_diff, _fmt_value, _label, _slug, _sort_key, markdown_table)
+from .tables import fmt_diff, fmt_value, label, markdown_table, slug, sort_key
 
 
 def read_history(run_dir: Path, metric: str) -> pd.Series | None:
@@ -39,7 +40,7 @@ def _metric_of(row: pd.Series) -> str:
     return metric if isinstance(metric, str) and metric else "Recall@20"
 
 
-def pair_histories(pairing: Pairing, root: Path) -> list[tuple[dict, list[pd.DataFrame]]]:
+def pair_histories(pairing: Any, root: Path) -> list[tuple[dict, list[pd.DataFrame]]]:
     """Per configuration: its settings and, per completed pair with both histories, a frame
     indexed by the epochs both validated with columns ``run`` and ``reference``."""
     out = []
@@ -67,9 +68,10 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return float(s.mean()), (float(s.std(ddof=1) / math.sqrt(len(s))) if len(s) > 1 else math.nan)
 
 
-def paired_curves(pairing: Pairing, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(curves, at_common): ``curves`` has per configuration and epoch the number of pairs that
-    validated at that epoch, the mean paired difference and its standard error; ``at_common``
+def paired_curves(pairing: Any, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``pairing``: a ``summary.Pairing``. Returns (curves, at_common): ``curves`` has per
+    configuration and epoch the number of pairs that validated at that epoch, the mean paired
+    difference and its standard error; ``at_common``
     has per configuration the last epoch every pair reached (run and partner) and, there, the
     paired difference of the metric and of the best value so far (each side's maximum over the
     epochs both validated up to it)."""
@@ -90,29 +92,29 @@ def paired_curves(pairing: Pairing, root: Path) -> tuple[pd.DataFrame, pd.DataFr
     common_frame = pd.DataFrame(common)
     if len(common_frame):
         keys = pairing.config_keys
-        curves_frame = curves_frame.sort_values(by=[*keys, "epoch"], key=_sort_key, kind="stable")
-        common_frame = common_frame.sort_values(by=keys, key=_sort_key, kind="stable")
+        curves_frame = curves_frame.sort_values(by=[*keys, "epoch"], key=sort_key, kind="stable")
+        common_frame = common_frame.sort_values(by=keys, key=sort_key, kind="stable")
     return curves_frame.reset_index(drop=True), common_frame.reset_index(drop=True)
 
 
-def curves_markdown(pairing: Pairing, common: pd.DataFrame, metric: str) -> str:
+def curves_markdown(pairing: Any, common: pd.DataFrame, metric: str) -> str:
     lines = ["", f"## Validation at equal epochs, paired with {pairing.label}", "",
              f"From each run's history.csv: the run's validation {metric} minus its partner's at "
              f"the same epoch (mean ± standard error over the pairs), at the last epoch every "
              f"pair reached, and the same for the best value up to that epoch. Final numbers "
              f"compare different amounts of training when runs stop at different epochs (a time "
              f"budget); these do not. Every epoch: paired_curves.csv and "
-             f"figures/paired_valid_curve_vs_{_slug(pairing.reference)}.png.", ""]
+             f"figures/paired_valid_curve_vs_{slug(pairing.reference)}.png.", ""]
     headers = [*pairing.config_keys, "pairs", "epoch", f"Δ valid {metric} there",
                f"Δ best valid {metric} up to it"]
-    rows = [[*[_fmt_value(r[c]) for c in pairing.config_keys], str(int(r["pairs"])),
-             str(int(r["epoch"])), _fmt_diff(r["diff"], r["se"]),
-             _fmt_diff(r["best diff"], r["best se"])] for _, r in common.iterrows()]
+    rows = [[*[fmt_value(r[c]) for c in pairing.config_keys], str(int(r["pairs"])),
+             str(int(r["epoch"])), fmt_diff(r["diff"], r["se"]),
+             fmt_diff(r["best diff"], r["best se"])] for _, r in common.iterrows()]
     lines.append(markdown_table(headers, rows))
     return "\n".join(lines) + "\n"
 
 
-def write_curves_figure(pairing: Pairing, curves: pd.DataFrame, out_dir: Path, metric: str,
+def write_curves_figure(pairing: Any, curves: pd.DataFrame, out_dir: Path, metric: str,
                         context: str = "") -> Path:
     """One line per configuration: the mean paired difference by epoch with a ± s.e. band."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -123,7 +125,7 @@ def write_curves_figure(pairing: Pairing, curves: pd.DataFrame, out_dir: Path, m
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     keys = pairing.config_keys
-    data = curves.assign(__series=[_label(r, keys) for _, r in curves.iterrows()])
+    data = curves.assign(__series=[label(r, keys) for _, r in curves.iterrows()])
     for name, part in data.groupby("__series", sort=True):
         x = part["epoch"].to_numpy(float)
         y = part["diff"].to_numpy(float)
@@ -140,6 +142,6 @@ def write_curves_figure(pairing: Pairing, curves: pd.DataFrame, out_dir: Path, m
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fig.tight_layout()
-    path = out_dir / f"paired_valid_curve_vs_{_slug(pairing.reference)}.png"
+    path = out_dir / f"paired_valid_curve_vs_{slug(pairing.reference)}.png"
     fig.savefig(path)
     return path

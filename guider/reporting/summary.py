@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,14 @@ from omegaconf import OmegaConf
 
 from ..identity import is_setting_column, value_before_key
 from ..record import read_record
+from .tables import fmt_diff as _fmt_diff
+from .tables import fmt_metric as _fmt_metric
+from .tables import fmt_value as _fmt_value
+from .tables import label as _label
+from .tables import markdown_table
+from .tables import missing as _missing
+from .tables import slug as _slug
+from .tables import sort_key as _sort_key
 
 log = logging.getLogger("guider")
 
@@ -255,11 +262,6 @@ def hidden_differences(table: pd.DataFrame, varying: list[str]) -> list[str]:
     return out
 
 
-def _sort_key(series: pd.Series) -> pd.Series:
-    numeric = pd.to_numeric(series, errors="coerce")
-    if numeric.notna().sum() == series.notna().sum():
-        return numeric
-    return series.astype(str)
 
 
 def aggregate(runs: pd.DataFrame, group_keys: list[str],
@@ -305,41 +307,18 @@ def aggregate(runs: pd.DataFrame, group_keys: list[str],
     return table
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 # ---------------------------------------------------------------------------------------------
 # markdown
 
 
-def _fmt_value(value: Any) -> str:
-    if _missing(value):
-        return ""
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
-def _fmt_metric(mean: float, std: float, seconds: bool) -> str:
-    if _missing(mean):
-        return "n/a"
-    digits = 1 if seconds else 4
-    text = f"{mean:.{digits}f}"
-    if not _missing(std):
-        text += f" ± {std:.{digits}f}"
-    return text
 
 
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ").strip()
 
 
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |",
-             "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def summary_markdown(summary: pd.DataFrame, runs: pd.DataFrame, group_keys: list[str],
@@ -587,13 +566,6 @@ def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str
                   pairing.config_keys, reference_backbone)
 
 
-def _fmt_diff(mean: float, se: float) -> str:
-    if _missing(mean):
-        return "n/a"
-    text = f"{mean:+.4f}"
-    if not _missing(se):
-        text += f" ± {se:.4f}"
-    return text
 
 
 def paired_markdown(paired: Paired, metrics: Iterable[tuple[str, str]] = PAIRED_METRICS) -> str:
@@ -664,12 +636,8 @@ def detection_markdown(summary: pd.DataFrame, runs: pd.DataFrame, group_keys: li
 # figures
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
 
 
-def _label(row: pd.Series, keys: list[str], default: str = "all runs") -> str:
-    return " / ".join(v for v in (_fmt_value(row[k]) for k in keys) if v) or default
 
 
 def fixed_settings(runs: pd.DataFrame, group_keys: list[str]) -> list[str]:
