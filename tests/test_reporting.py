@@ -745,3 +745,19 @@ def test_runs_before_and_after_a_default_changed_are_never_one_configuration(tmp
     for seed in (0, 1):
         shutil.rmtree(root / f"guider-batch-{seed}")
     assert "denoise.kd.top_refresh" not in collect_runs(root)[1]
+
+
+def test_paired_curves_when_a_pair_lacks_the_last_common_epoch(tmp_path):
+    """Seed 0 validated at epochs 0, 2, 4 (both runs), seed 1 at 0, 2, 3 (a last validation off the
+    grid): the last common epoch is 3; seed 0 is read at its last epoch before it (2)."""
+    root = tmp_path / "sweep"
+    rows = {("guider", 0): ([0, 2, 4], [0.2, 0.3, 0.4]), ("none", 0): ([0, 2, 4], [0.1, 0.2, 0.3]),
+            ("guider", 1): ([0, 2, 3], [0.2, 0.2, 0.5]), ("none", 1): ([0, 2, 3], [0.2, 0.2, 0.2])}
+    for (denoise, seed), (epochs, values) in rows.items():
+        run = make_run(root, f"{denoise}-{seed}", denoise=denoise, ratio=0.2, seed=seed,
+                       recall=values[-1])
+        pd.DataFrame({"epoch": epochs, "Recall@20": values}).to_csv(run / "history.csv",
+                                                                    index=False)
+    md = summarize(root).markdown
+    se = f"{statistics.stdev([0.1, 0.3]) / math.sqrt(2):.4f}"
+    assert f"| guider | 2 | 3 | +0.2000 ± {se} | +0.2000 ± {se} |" in md

@@ -83,8 +83,9 @@ def paired_curves(pairing: Any, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]
             mean, se = _mean_se(v)
             curves.append({**config, "epoch": int(epoch), "pairs": len(v), "diff": mean, "se": se})
         last = int(min(p.index.max() for p in pairs))
-        at = [float(p.loc[last, "run"] - p.loc[last, "reference"]) for p in pairs]
-        best = [float(p.loc[:last, "run"].max() - p.loc[:last, "reference"].max()) for p in pairs]
+        upto = [p.loc[:last] for p in pairs]  # a pair without that exact epoch: its last before
+        at = [float(u["run"].iloc[-1] - u["reference"].iloc[-1]) for u in upto]
+        best = [float(u["run"].max() - u["reference"].max()) for u in upto]
         (at_mean, at_se), (best_mean, best_se) = _mean_se(at), _mean_se(best)
         common.append({**config, "pairs": len(pairs), "epoch": last, "diff": at_mean,
                        "se": at_se, "best diff": best_mean, "best se": best_se})
