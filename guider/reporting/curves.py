@@ -11,12 +11,12 @@ without histories (exported results keep only metrics and configs) gets no curve
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from . import figures
 from .tables import fmt_diff, fmt_value, label, markdown_table, slug, sort_key
 
 
@@ -118,13 +118,8 @@ def curves_markdown(pairing: Any, common: pd.DataFrame, metric: str) -> str:
 def write_curves_figure(pairing: Any, curves: pd.DataFrame, out_dir: Path, metric: str,
                         context: str = "") -> Path:
     """One line per configuration: the mean paired difference by epoch with a ± s.e. band."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(6.4, 4.4), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = figures.new_axes()
     keys = pairing.config_keys
     data = curves.assign(__series=[label(r, keys) for _, r in curves.iterrows()])
     for name, part in data.groupby("__series", sort=True):
@@ -133,16 +128,9 @@ def write_curves_figure(pairing: Any, curves: pd.DataFrame, out_dir: Path, metri
         se = part["se"].fillna(0.0).to_numpy(float)
         line, = ax.plot(x, y, marker=".", label=name)
         ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.2)
-    ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"Δ valid {metric} vs {pairing.label}")
-    ax.set_title(f"Paired difference of valid {metric} at equal epochs (mean ± s.e.)"
-                 + (f"\n{context}" if context else ""), fontsize=9)
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fig.tight_layout()
-    path = out_dir / f"paired_valid_curve_vs_{slug(pairing.reference)}.png"
-    fig.savefig(path)
-    return path
+    figures.mark_paired(ax, f"Δ valid {metric} vs {pairing.label}",
+                        f"Paired difference of valid {metric} at equal epochs (mean ± s.e.)",
+                        context)
+    return figures.save(fig, out_dir / f"paired_valid_curve_vs_{slug(pairing.reference)}.png")

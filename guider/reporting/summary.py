@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,6 +21,8 @@ from omegaconf import OmegaConf
 
 from ..identity import is_setting_column, value_before_key
 from ..record import read_record
+from . import figures
+from .curves import curves_markdown, paired_curves, write_curves_figure
 from .tables import fmt_diff as _fmt_diff
 from .tables import fmt_metric as _fmt_metric
 from .tables import fmt_value as _fmt_value
@@ -262,8 +263,6 @@ def hidden_differences(table: pd.DataFrame, varying: list[str]) -> list[str]:
     return out
 
 
-
-
 def aggregate(runs: pd.DataFrame, group_keys: list[str],
               metrics: Iterable[tuple[str, str, bool]] = DEFAULT_METRICS) -> pd.DataFrame:
     """One row per setting (the varying columns except seed): run counts by status, the errors,
@@ -307,18 +306,8 @@ def aggregate(runs: pd.DataFrame, group_keys: list[str],
     return table
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # markdown
-
-
-
-
-
-
-
-
 
 
 def summary_markdown(summary: pd.DataFrame, runs: pd.DataFrame, group_keys: list[str],
@@ -550,8 +539,12 @@ def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str
     are returned in ``unpaired``, never silently dropped. None when the folder holds no
     reference run or no other denoiser."""
     pairing = pair_runs(runs, group_keys, reference, reference_backbone)
-    if pairing is None:
-        return None
+    return differences(pairing, runs, metrics) if pairing is not None else None
+
+
+def differences(pairing: Pairing, runs: pd.DataFrame,
+                metrics: Iterable[tuple[str, str]] = PAIRED_METRICS) -> Paired:
+    """The paired table of ``paired_differences`` from pairs already made."""
     metric_cols = [(c, label) for c, label in metrics if c in runs]
     rows, unpaired = [], []
     for group, partners in pairing.groups:
@@ -562,10 +555,8 @@ def paired_differences(runs: pd.DataFrame, group_keys: list[str], reference: str
     table = pd.DataFrame(rows)
     if len(table):
         table = table.sort_values(by=pairing.config_keys, key=_sort_key, kind="stable")
-    return Paired(reference, table.reset_index(drop=True), pd.DataFrame(unpaired),
-                  pairing.config_keys, reference_backbone)
-
-
+    return Paired(pairing.reference, table.reset_index(drop=True), pd.DataFrame(unpaired),
+                  pairing.config_keys, pairing.reference_backbone)
 
 
 def paired_markdown(paired: Paired, metrics: Iterable[tuple[str, str]] = PAIRED_METRICS) -> str:
@@ -636,10 +627,6 @@ def detection_markdown(summary: pd.DataFrame, runs: pd.DataFrame, group_keys: li
 # figures
 
 
-
-
-
-
 def fixed_settings(runs: pd.DataFrame, group_keys: list[str]) -> list[str]:
     """``key=value`` for the identity settings shared by every run."""
     if not len(runs):
@@ -692,9 +679,6 @@ def write_figures(summary: pd.DataFrame, group_keys: list[str], out_dir: Path,
                   context: str = "") -> list[Path]:
     """Metric vs noise ratio per remaining setting (mean line, ± std band) when noise.ratio varies;
     otherwise one bar per setting (± std error bars). Seconds are not plotted."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     keys = [k for k in group_keys if k != "seed"]
     written = []
     plotted = [m for m in metrics if m[0] != "seconds.total" and f"{m[0]} mean" in summary
@@ -708,19 +692,12 @@ def write_figures(summary: pd.DataFrame, group_keys: list[str], out_dir: Path,
     by_ratio = "noise.ratio" in keys
     for col, label, _ in plotted:
         n_bars = 0 if by_ratio else len(summary)
-        fig = Figure(figsize=(max(6.4, 0.45 * n_bars), 4.4), dpi=120)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
+        fig, ax = figures.new_axes(0.45 * n_bars)
         plot = _plot_vs_ratio if by_ratio else _plot_bars
         name = plot(ax, summary, col, label, keys, context)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fig.tight_layout()
-        path = out_dir / name
-        fig.savefig(path)
-        written.append(path)
+        written.append(figures.save(fig, out_dir / name))
     return written
 
 
@@ -729,17 +706,12 @@ def write_paired_figure(paired: Paired, out_dir: Path, context: str = "",
     """The paired difference of ``metric`` to the reference: against the noise ratio (one line
     per configuration, ± standard-error bars) when noise.ratio varies, else one bar per
     configuration."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     col, label = metric
     table = paired.table
     if f"{col} diff" not in table or not table[f"{col} diff"].notna().any():
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(max(6.4, 0.45 * len(table)), 4.4), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = figures.new_axes(0.45 * len(table))
     data = table[table[f"{col} diff"].notna()].copy()
     series = [k for k in paired.config_keys if k != "noise.ratio"]
     if "noise.ratio" in paired.config_keys and data["noise.ratio"].nunique() > 1:
@@ -760,17 +732,9 @@ def write_paired_figure(paired: Paired, out_dir: Path, context: str = "",
                color="tab:blue", alpha=0.8)
         ax.set_xticks(pos)
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_ylabel(f"Δ {label} vs {paired.label}")
-    ax.set_title(f"Paired difference of {label} to {paired.label} (mean ± s.e.)"
-                 + (f"\n{context}" if context else ""), fontsize=9)
-    ax.grid(alpha=0.3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fig.tight_layout()
-    path = out_dir / f"paired_{_slug(label)}_vs_{_slug(paired.reference)}.png"
-    fig.savefig(path)
-    return [path]
+    figures.mark_paired(ax, f"Δ {label} vs {paired.label}",
+                        f"Paired difference of {label} to {paired.label} (mean ± s.e.)", context)
+    return [figures.save(fig, out_dir / f"paired_{_slug(label)}_vs_{_slug(paired.reference)}.png")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -817,8 +781,8 @@ def summarize(folder: str | Path, out_dir: str | Path | None = None,
                                           if evaluation else "")
     md = (summary_markdown(summary, runs, varying, metrics, title=title)
           if len(runs) else f"# Sweep summary: {folder}\n\nNo run folders found.\n")
-    paired = (paired_differences(runs, varying, reference,
-                                 reference_backbone=reference_backbone) if len(runs) else None)
+    pairing = pair_runs(runs, varying, reference, reference_backbone) if len(runs) else None
+    paired = differences(pairing, runs) if pairing is not None else None
     if paired is not None and len(paired.table):
         md += paired_markdown(paired)
         keys = [c for c in paired.config_keys if c in summary]
@@ -833,11 +797,7 @@ def summarize(folder: str | Path, out_dir: str | Path | None = None,
                 columns=[c for c in paired.config_keys])
             summary = left.merge(right, on="__k", how="left").drop(columns="__k")
     curves = common = pd.DataFrame()
-    pairing = (pair_runs(runs, varying, reference, reference_backbone)
-               if len(runs) and evaluation is None else None)
-    if pairing is not None:  # validation at equal epochs, from the runs' history.csv
-        from .curves import curves_markdown, paired_curves
-
+    if pairing is not None and evaluation is None:  # validation at equal epochs (history.csv)
         curves, common = paired_curves(pairing, folder)
         if len(common):
             md += curves_markdown(pairing, common, _valid_metric(runs))
@@ -861,8 +821,6 @@ def summarize(folder: str | Path, out_dir: str | Path | None = None,
         if paired is not None and len(paired.table):
             files += write_paired_figure(paired, out / "figures", context)
         if pairing is not None and len(curves):
-            from .curves import write_curves_figure
-
             files.append(write_curves_figure(pairing, curves, out / "figures",
                                              _valid_metric(runs), context))
     return Summary(folder, runs, summary, varying, md, files, paired)
