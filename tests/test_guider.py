@@ -16,6 +16,7 @@ from guider.denoise.guider.amsc import (AMSC, AMSCConfig, capped_per_user, confi
                                        cross_modal_confidence)
 from guider.denoise.guider.distill import (Distiller, KDConfig, kl_loss, ot_loss, sinkhorn,
                                            transport_cost)
+from guider.denoise.base import weighted_mean
 from guider.evaluation.detection import detection_auc, detection_metrics
 from guider.pipeline import prepare, run
 
@@ -479,6 +480,44 @@ def test_default_has_no_amsc_and_switches_that_need_flags_say_so(tiny_cfg):
         with pytest.raises(ValueError, match="denoise.dbpr.enabled=true"):
             switches(tiny_cfg, f"denoise.{key}=true")
         assert switches(tiny_cfg, f"denoise.{key}=true", "denoise.dbpr.enabled=true")[1].amsc
+
+
+def test_oracle_flags_are_the_labels_and_weight_what_the_switches_say(tiny_cfg, monkeypatch):
+    # dbpr.flags=oracle: I_false = the injected noise from the first epoch, AMSC never built
+    job, g = switches(tiny_cfg, "denoise.dbpr.enabled=true", "denoise.dbpr.flags=oracle",
+                      "denoise.student_dbpr=true", "denoise.graph=true")
+    labels = job.data.train_noise
+    assert g.amsc is None and labels.any() and not labels.all()
+    for epoch in (0, 5):  # fixed: no warm-up, no refresh
+        g.on_epoch(epoch)
+        assert np.array_equal(g.flagged(), labels)
+        assert np.array_equal(g.omega.numpy(), np.where(labels, 0.0, 1.0))
+    batch, _ = one_batch(job)
+    assert torch.equal(g.weights(batch, torch.zeros(64)), g.omega[:64])  # the student's term
+    assert torch.equal(g.edge_weights(), g.omega)  # both graphs
+    assert detection_auc(g.noise_scores(), labels) == 1.0
+    assert g.summary()["flags"] == "oracle" and g.summary()["n_flagged"] == int(labels.sum())
+    # the teacher's DBPR: its main term is weighted by the batch's omega
+    import guider.denoise.guider as module
+
+    seen = []
+    monkeypatch.setattr(module, "weighted_mean", lambda x, w: seen.append(w) or weighted_mean(x, w))
+    g.step(batch)
+    assert len(seen) == 1 and torch.equal(seen[0], g.omega[:64])
+
+
+def test_oracle_flags_refuse_data_without_labels(tiny_cfg):
+    from guider.denoise import build_denoiser
+    from guider.pipeline import validate
+
+    job = prepare(tiny_cfg(*GUIDER_FAST))
+    job.data.has_noise_labels = False
+    cfg = validate(tiny_cfg(*GUIDER_FAST, "denoise.dbpr.enabled=true",
+                            "denoise.dbpr.flags=oracle"))[4]
+    with pytest.raises(ValueError, match="dbpr.flags=oracle needs noise labels.*flags=amsc"):
+        build_denoiser(cfg, job.data, job.model, torch.device("cpu"), 0)
+    with pytest.raises(ValueError, match="dbpr.flags"):
+        switches(tiny_cfg, "denoise.dbpr.enabled=true", "denoise.dbpr.flags=labels")
 
 
 def test_ablation_false_weight_and_student_dbpr(tiny_cfg):

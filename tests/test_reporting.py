@@ -393,6 +393,7 @@ def test_defaults_variant_is_the_plain_default():
     ("dbpr_only", "full", {"denoise.student_dbpr": True, "denoise.kd.type": "none"}),
     ("graph_only", "full", {"denoise.graph": True, "denoise.kd.type": "none"}),
     ("fast", "defaults", {"denoise.teacher_every": 2}),
+    ("oracle_flags", "full", {"denoise.dbpr.flags": "oracle"}),
     ("lightgcn_teacher", "defaults", {"denoise.teacher.name": "lightgcn",
                                       "denoise.teacher.n_layers": 2}),
     ("spec", "full", {"denoise.teacher.name": "lightgcn", "denoise.student_dbpr": True,

@@ -35,12 +35,13 @@ class OracleConfig(DenoiseConfig):
             raise ValueError(f"denoise.false_weight={self.false_weight}: must lie in [0, 1]")
 
 
-def require_labels(data: Interactions) -> None:
+def require_labels(data: Interactions, who: str = "denoise=oracle",
+                   otherwise: str = "choose another denoiser") -> None:
     if not data.has_noise_labels:
         raise ValueError(
-            f"denoise=oracle needs noise labels, but dataset '{data.name}' carries none (no noise "
+            f"{who} needs noise labels, but dataset '{data.name}' carries none (no noise "
             f"was injected). Inject noise (noise=random|popular|modal with noise.ratio > 0), use "
-            f"dataset=synthetic (labelled by construction), or choose another denoiser.")
+            f"dataset=synthetic (labelled by construction), or {otherwise}.")
 
 
 @DENOISERS.register("oracle", OracleConfig)

@@ -23,6 +23,7 @@ from ...backbones import BACKBONES, Backbone, BackboneConfig, build_backbone
 from ...data import Batch, Interactions
 from ...optim import make_adam
 from ..base import DENOISERS, Denoiser, DenoiseConfig, weighted_mean
+from ..oracle import require_labels
 from .amsc import AMSC, AMSCConfig, rowwise_dot
 from .distill import Distiller, KDConfig
 
@@ -41,6 +42,12 @@ class DBPRConfig:
     # default since the paired measurements of docs/guider.md section 7): omega = 1, AMSC unused
     enabled: bool = False
     false_weight: float = 0.0  # omega for I_false: 0 drops, 0 < w < 1 down-weights
+    # what decides I_false: amsc (the method) | oracle (the injected-noise labels, fixed from the
+    # first epoch: a measurement ceiling of the denoising parts, never a method; needs labels)
+    flags: str = "amsc"
+
+
+FLAG_SOURCES = ("amsc", "oracle")
 
 
 @dataclass
@@ -84,6 +91,9 @@ class GuiderConfig(DenoiseConfig):
                 raise ValueError(f"denoise.{on[0]}=true needs AMSC's flags, which are off by "
                                  f"default: add denoise.dbpr.enabled=true (or use "
                                  f"+experiment/variant=full)")
+        if self.dbpr.flags not in FLAG_SOURCES:
+            raise ValueError(f"denoise.dbpr.flags={self.dbpr.flags!r}: choose "
+                             f"{' or '.join(FLAG_SOURCES)}")
         if not 0.0 <= self.dbpr.false_weight <= 1.0:
             raise ValueError(f"denoise.dbpr.false_weight={self.dbpr.false_weight}: must lie in "
                              f"[0, 1]")
@@ -127,14 +137,22 @@ class Guider(Denoiser):
         super().__init__(cfg, data, backbone, device, seed)
         self.teacher = build_teacher(cfg, data, device, seed)
         self.teacher_opt = make_adam(self.teacher.parameters(), cfg.teacher_lr)
+        # flags_on: omega comes from flags (AMSC's, or the labels with dbpr.flags=oracle)
+        self.flags_on = cfg.dbpr.enabled
+        self.oracle_flags = cfg.dbpr.enabled and cfg.dbpr.flags == "oracle"
         self.amsc = (AMSC(cfg.amsc, data.features, data.train.users, data.train.items,
                           data.n_users, data.n_items, seed + 1)
-                     if cfg.dbpr.enabled else None)
+                     if self.flags_on and not self.oracle_flags else None)
         self.distiller = Distiller(cfg.kd, data.n_items, seed + 2)
         n = len(data.train)
         self.omega = torch.ones(n, device=device)
         self.false_mask = torch.zeros(n, dtype=torch.bool)
         self.scores: torch.Tensor | None = None
+        if self.oracle_flags:
+            require_labels(data, "denoise.dbpr.flags=oracle", "keep denoise.dbpr.flags=amsc")
+            self.false_mask = torch.as_tensor(data.train_noise, dtype=torch.bool)
+            self.scores = (~self.false_mask).double()  # consistency: 0 for noise, 1 otherwise
+            self.omega = self.omega_of(self.false_mask)
         self.teacher_graph_omega: torch.Tensor | None = None  # the omega the teacher's graph holds
         self.epoch = 0
         self.batch_in_epoch = 0  # teacher_every: which batches step the teacher
@@ -157,7 +175,7 @@ class Guider(Denoiser):
 
     @property
     def graph_weighted(self) -> bool:
-        return self.cfg.graph and self.amsc is not None
+        return self.cfg.graph and self.flags_on
 
     def edge_weights(self) -> torch.Tensor | None:
         return self.omega if self.graph_weighted else None
@@ -177,9 +195,13 @@ class Guider(Denoiser):
                 item_emb = self.teacher.item_embeddings()
         c, false_mask = self.amsc.refresh(item_emb, epoch, affinity)
         self.scores, self.false_mask = c, false_mask
-        omega = torch.ones(len(c))
-        omega[false_mask] = cfg.dbpr.false_weight
-        self.omega = omega.to(self.device)
+        self.omega = self.omega_of(false_mask)
+
+    def omega_of(self, false_mask: torch.Tensor) -> torch.Tensor:
+        """omega: dbpr.false_weight on the flagged interactions (I_false), 1 elsewhere."""
+        omega = torch.ones(len(false_mask))
+        omega[false_mask] = self.cfg.dbpr.false_weight
+        return omega.to(self.device)
 
     # --- batch: teacher step, then the student's weights and distillation ----------------
     def step(self, batch: Batch) -> None:
@@ -189,7 +211,7 @@ class Guider(Denoiser):
             return  # teacher_every > 1: distil from the teacher's last representations
         self.teacher.train()
         losses = self.teacher.losses(batch)
-        omega = self.omega[batch.idx] if self.amsc is not None else None
+        omega = self.omega[batch.idx] if self.flags_on else None
         loss = weighted_mean(losses.main, omega) + sum(losses.aux.values())
         self.teacher_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,7 +220,7 @@ class Guider(Denoiser):
         self.teacher_embeddings = (users.detach(), items.detach())
 
     def weights(self, batch: Batch, main: torch.Tensor) -> torch.Tensor | None:
-        if self.amsc is None or not self.cfg.student_dbpr:
+        if not self.flags_on or not self.cfg.student_dbpr:
             return None
         return self.omega[batch.idx]
 
@@ -229,9 +251,11 @@ class Guider(Denoiser):
         return {"teacher": self.teacher.scorer()}
 
     def flagged(self) -> np.ndarray | None:
-        return self.false_mask.numpy() if self.amsc is not None else None
+        return self.false_mask.numpy() if self.flags_on else None
 
     def summary(self) -> dict:
+        if self.oracle_flags:
+            return {"amsc": None, "flags": "oracle", "n_flagged": int(self.false_mask.sum())}
         if self.amsc is None:
             return {"amsc": None}
         return {
