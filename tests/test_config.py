@@ -53,28 +53,32 @@ def test_defaults():
     assert cfg.device == "auto"
 
 
-def test_train_fast_preset_changes_exactly_its_three_keys():
+@pytest.mark.parametrize("preset, keys", [
+    ("fast", {"lr": 0.002, "eval_every": 5, "patience": 4}),
+    ("large_batch", {"lr": 0.004, "eval_every": 5, "patience": 4, "batch_size": 8192}),
+])
+def test_train_presets_change_exactly_their_keys(preset, keys):
     """train=fast: twice the reference rate, a validation every 5 epochs and patience counted in
-    validations (4 x 5 epochs = the reference's 20). Nothing else moves but GUIDER's teacher rate,
-    which follows the student's; it is the same run as the keys written out; a dataset's own
-    rate (the synthetic set's) still wins."""
+    validations (4 x 5 epochs = the reference's 20); train=large_batch: the same with four times
+    the batch at four times the reference rate. Nothing else moves but GUIDER's teacher rate,
+    which follows the student's; a preset is the same run as its keys written out; a dataset's
+    own rate (the synthetic set's) still wins."""
     from omegaconf import OmegaConf
 
     from guider.identity import config_hash
 
     ref = OmegaConf.to_container(compose_config(["dataset=tiktok"]), resolve=True)
-    fast = OmegaConf.to_container(compose_config(["dataset=tiktok", "train=fast"]), resolve=True)
+    fast = OmegaConf.to_container(compose_config(["dataset=tiktok", f"train={preset}"]), resolve=True)
     changed = {k for k in ref["train"] if ref["train"][k] != fast["train"][k]}
-    assert changed == {"lr", "eval_every", "patience"}
-    assert (fast["train"]["lr"], fast["train"]["eval_every"], fast["train"]["patience"]) == (0.002, 5, 4)
+    assert changed == set(keys)
+    assert {k: fast["train"][k] for k in keys} == keys
     assert fast["train"]["eval_every"] * fast["train"]["patience"] == ref["train"]["patience"]
     # GUIDER's teacher follows the student's rate (${train.lr}); every other key stays
-    assert fast["denoise"].pop("teacher_lr") == 0.002 and ref["denoise"].pop("teacher_lr") == 0.001
+    assert fast["denoise"].pop("teacher_lr") == keys["lr"] and ref["denoise"].pop("teacher_lr") == 0.001
     assert {k: v for k, v in fast.items() if k != "train"} == {k: v for k, v in ref.items() if k != "train"}
-    spelled = compose_config(["dataset=tiktok", "train.lr=0.002", "train.eval_every=5",
-                              "train.patience=4"])
-    assert config_hash(compose_config(["dataset=tiktok", "train=fast"])) == config_hash(spelled)
-    synthetic = compose_config(["train=fast"])
+    spelled = compose_config(["dataset=tiktok", *(f"train.{k}={v}" for k, v in keys.items())])
+    assert config_hash(compose_config(["dataset=tiktok", f"train={preset}"])) == config_hash(spelled)
+    synthetic = compose_config([f"train={preset}"])
     assert synthetic.train.lr == pytest.approx(5e-3) and synthetic.train.eval_every == 5
 
 
