@@ -476,10 +476,10 @@ def test_default_has_no_amsc_and_switches_that_need_flags_say_so(tiny_cfg):
     job, g = switches(tiny_cfg)
     g.on_epoch(5)
     assert g.amsc is None and bool((g.omega == 1).all()) and g.noise_scores() is None
-    for key in ("student_dbpr", "graph"):
+    for key in ("student_dbpr=true", "graph=true", "dbpr.flags=oracle"):
         with pytest.raises(ValueError, match="denoise.dbpr.enabled=true"):
-            switches(tiny_cfg, f"denoise.{key}=true")
-        assert switches(tiny_cfg, f"denoise.{key}=true", "denoise.dbpr.enabled=true")[1].amsc
+            switches(tiny_cfg, f"denoise.{key}")
+        assert switches(tiny_cfg, f"denoise.{key}", "denoise.dbpr.enabled=true")[1].flags_on
 
 
 def test_oracle_flags_are_the_labels_and_weight_what_the_switches_say(tiny_cfg, monkeypatch):

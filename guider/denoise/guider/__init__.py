@@ -86,11 +86,13 @@ class GuiderConfig(DenoiseConfig):
         if self.teacher_lr <= 0:
             raise ValueError(f"denoise.teacher_lr={self.teacher_lr}: must be > 0")
         if not self.dbpr.enabled:
-            on = [k for k, v in (("student_dbpr", self.student_dbpr), ("graph", self.graph)) if v]
-            if on:  # omega is 1 everywhere without AMSC: these switches would do nothing
-                raise ValueError(f"denoise.{on[0]}=true needs AMSC's flags, which are off by "
+            on = [k for k, v in (("student_dbpr=true", self.student_dbpr),
+                                 ("graph=true", self.graph),
+                                 ("dbpr.flags=oracle", self.dbpr.flags == "oracle")) if v]
+            if on:  # omega is 1 everywhere without the flags: these switches would do nothing
+                raise ValueError(f"denoise.{on[0]} needs GUIDER's flags, which are off by "
                                  f"default: add denoise.dbpr.enabled=true (or use "
-                                 f"+experiment/variant=full)")
+                                 f"+experiment/variant=full, or variant=oracle_flags)")
         if self.dbpr.flags not in FLAG_SOURCES:
             raise ValueError(f"denoise.dbpr.flags={self.dbpr.flags!r}: choose "
                              f"{' or '.join(FLAG_SOURCES)}")
