@@ -252,15 +252,12 @@ def hidden_differences(table: pd.DataFrame, varying: list[str]) -> list[str]:
     keys = [c for c in varying if c != "seed" and c in table]
     frame = table.assign(__group=[tuple(repr(r[k]) for k in keys) for _, r in table.iterrows()]
                          if keys else 0)
-    out = []
-    for col in cfg_cols:
-        for _, group in frame.groupby("__group", sort=False):
-            values = group[col]
-            if len(values) > 1 and not values.map(_missing).any() \
-                    and values.map(repr).nunique() > 1:
-                out.append(col[4:])
-                break
-    return out
+    groups = [group for _, group in frame.groupby("__group", sort=False) if len(group) > 1]
+
+    def differs(values: pd.Series) -> bool:
+        return not values.map(_missing).any() and values.map(repr).nunique() > 1
+
+    return [col[4:] for col in cfg_cols if any(differs(group[col]) for group in groups)]
 
 
 def aggregate(runs: pd.DataFrame, group_keys: list[str],
