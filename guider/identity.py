@@ -48,6 +48,7 @@ GUIDER_NEUTRAL = {"denoise.graph": False, "denoise.amsc.conf_floor": 0.0,
                   "denoise.amsc.user_cap": 1.0, "denoise.amsc.score_ema": 0.0,
                   "denoise.kd.candidates": "batch", "denoise.kd.top_k": 20,
                   "denoise.kd.warmup_epochs": 0, "denoise.kd.top_refresh": "batch",
+                  "denoise.kd.top_every": 1,
                   "denoise.teacher.feature_precision": "float32", "denoise.teacher_every": 1,
                   "denoise.dbpr.flags": "amsc"}
 

@@ -373,6 +373,41 @@ def test_teacher_top_lists_once_per_epoch(tiny_cfg, tmp_path):
     assert m["status"] == "completed" and m["test"]["Recall@20"] > 0
 
 
+def test_teacher_top_lists_every_kth_epoch(tiny_cfg, tmp_path):
+    """kd.top_every=2: the lists are computed at epochs 0, 2, 4 and kept in between (the
+    teacher's scores of the refresh epoch, not of the current one); resume stays exact because
+    the checkpoint keeps them."""
+    _, g = switches(tiny_cfg, "denoise.kd.top_every=2", "denoise.kd.top_k=5")
+    job, _ = switches(tiny_cfg)
+    batch, _ = one_batch(job)
+    computed = []
+    for epoch in range(5):
+        before = g.distiller.cached_top
+        g.on_epoch(epoch)
+        computed.append(g.distiller.cached_top is not before)
+        g.teacher.eval()
+        with torch.no_grad():
+            u, i = g.teacher.final_embeddings()
+        fresh = (u @ i.t()).topk(5, dim=1).indices
+        if epoch % 2 == 0:
+            assert torch.equal(g.distiller.cached_top, fresh)
+        g.step(batch)  # the teacher moves, so the next epoch's fresh lists would differ
+    assert computed == [True, False, True, False, True]
+    assert "cached_top" in g.distiller.state_dict()
+    _, every = switches(tiny_cfg, "denoise.kd.top_k=5")
+    every.on_epoch(0)
+    assert "cached_top" not in every.distiller.state_dict()  # top_every=1: nothing to keep
+    with pytest.raises(ValueError, match="top_every"):
+        KDConfig(top_every=0).check()
+    # few candidates, so that the lists decide which items are distilled
+    overrides = (*GUIDER_FAST, "denoise.kd.top_every=2", "denoise.kd.items=24",
+                 "denoise.kd.top_k=3", "train.epochs=4", "train.patience=100")
+    full = run(tiny_cfg(*overrides), tmp_path / "full")
+    # interrupted after epoch 0: epoch 1 resumes with the lists of epoch 0, from the checkpoint
+    resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed", stop_epoch=0)
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
+
+
 def test_teacher_every_steps_the_teacher_on_every_kth_batch_only(tiny_cfg, tmp_path):
     """denoise.teacher_every=2: batches 0, 2, 4 of an epoch step the teacher, 1 and 3 distil from
     its last representations; a new epoch starts with a step; resume stays exact."""

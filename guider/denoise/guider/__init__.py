@@ -169,7 +169,7 @@ class Guider(Denoiser):
             self.teacher.set_edge_weights(self.omega)
             self.teacher_graph_omega = self.omega
         self.teacher.pre_epoch(epoch)  # e.g. a FREEDOM teacher's pruning for the epoch
-        if self.distiller.uses_epoch_top():  # kd.top_refresh=epoch: the teacher's lists, once
+        if self.distiller.lists_due(epoch):  # kd.top_refresh=epoch: the teacher's lists
             self.teacher.eval()
             with torch.no_grad():
                 self.distiller.cache_teacher_top(*self.teacher.final_embeddings())

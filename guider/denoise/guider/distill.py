@@ -45,6 +45,9 @@ class KDConfig:
     # or from its evaluation-mode scores once at the start of each epoch (epoch: no users x items
     # teacher block per batch; lists up to an epoch old)
     top_refresh: str = "epoch"
+    # top_refresh=epoch: epochs between two computations of the lists (at epochs 0, k, 2k, ...;
+    # lists up to k epochs old; a lever on cost that may change results)
+    top_every: int = 1
     warmup_epochs: int = 0  # gamma ramps linearly from 0 to kd.weight over these epochs
 
     def check(self) -> None:
@@ -58,6 +61,7 @@ class KDConfig:
                              f"{', '.join(CANDIDATES)}")
         ranges = [("weight", self.weight >= 0, ">= 0"), ("users", self.users >= 1, ">= 1"),
                   ("items", self.items >= 1, ">= 1"), ("top_k", self.top_k >= 1, ">= 1"),
+                  ("top_every", self.top_every >= 1, ">= 1"),
                   ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"), ("tau", self.tau > 0, "> 0"),
                   ("eps", self.eps > 0, "> 0"), ("sinkhorn_iters", self.sinkhorn_iters >= 1, ">= 1")]
         for key, ok, bound in ranges:
@@ -183,6 +187,12 @@ class Distiller:
         return (self.cfg.type != "none" and self.cfg.candidates == "teacher"
                 and self.cfg.top_refresh == "epoch")
 
+    def lists_due(self, epoch: int) -> bool:
+        """kd.top_refresh=epoch: whether the teacher's lists are computed at the start of
+        ``epoch`` (every kd.top_every epochs, and whenever there are none yet)."""
+        return self.uses_epoch_top() and (self.cached_top is None
+                                          or epoch % self.cfg.top_every == 0)
+
     def cache_teacher_top(self, users: torch.Tensor, items: torch.Tensor) -> None:
         """Every user's top_k items by the scores users @ items^T."""
         self.cached_top = top_items(users, items, min(self.cfg.top_k, self.n_items)).cpu()
@@ -237,7 +247,11 @@ class Distiller:
         return ot_loss(s, t, transport_cost(teacher_items[cand]), self.cfg)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        state = {"generator": self.generator.get_state()}
+        if self.cfg.top_every > 1 and self.cached_top is not None:
+            state["cached_top"] = self.cached_top  # lists kept across epochs: exact resume
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        self.cached_top = state.get("cached_top")
