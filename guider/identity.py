@@ -114,6 +114,17 @@ def dataset_identity(dataset: dict) -> dict:
 LEGACY_TEACHER_KEYS = {"name", "embedding_dim", "n_layers", "reg_weight"}
 
 
+def inert_kd_keys(kd: dict) -> set[str]:
+    """GUIDER's distillation keys that cannot change a run with these ``kd`` settings: the top
+    lists' schedule without the teacher's candidates, and ``top_every`` with the lists at every
+    batch (absent keys read as the values older runs behaved as)."""
+    if kd.get("candidates", "batch") != "teacher":
+        return {"top_refresh", "top_every"}
+    if kd.get("top_refresh", "batch") == "batch":
+        return {"top_every"}
+    return set()
+
+
 def legacy_guider(denoise: dict) -> dict:
     """GUIDER's plain denoise dict in the form older runs wrote, so that a run keeps the identity
     it had before the teacher group existed: a LightGCN or MF teacher becomes ``teacher: <name>``
@@ -121,9 +132,10 @@ def legacy_guider(denoise: dict) -> dict:
     backbone node. The later keys at the values that reproduce the older runs are left out."""
     out = _drop({"denoise": dict(denoise)}, GUIDER_NEUTRAL)["denoise"]
     kd = out.get("kd")
-    if isinstance(kd, dict) and kd.get("candidates", "batch") != "teacher" and "top_refresh" in kd:
-        # inert without the teacher's candidates: the run is the same whatever its value
-        out["kd"] = {k: v for k, v in kd.items() if k != "top_refresh"}
+    if isinstance(kd, dict):
+        # keys that change nothing in this run: the run is the same whatever their values
+        inert = inert_kd_keys(kd)
+        out["kd"] = {k: v for k, v in kd.items() if k not in inert}
     teacher = out.get("teacher")
     if (isinstance(teacher, dict) and teacher.get("name") in ("lightgcn", "mf")
             and set(teacher) <= LEGACY_TEACHER_KEYS):

@@ -603,6 +603,27 @@ def test_guider_runs_keep_the_identity_they_had_before_the_teacher_group():
     assert config_hash(other) != config_hash(today)
 
 
+def test_kd_keys_that_cannot_act_leave_the_identity_alone():
+    """The top lists' schedule is inert without the teacher's candidates, and kd.top_every with
+    the lists at every batch: such runs keep one identity whatever those keys say; where the
+    keys act, they are part of it."""
+    base = ["denoise=guider"]
+
+    def h(*extra):
+        return config_hash(compose_config([*base, *extra]))
+
+    batch = "denoise.kd.candidates=batch"
+    assert h(batch) == h(batch, "denoise.kd.top_refresh=batch") \
+        == h(batch, "denoise.kd.top_every=3") == h(batch, "denoise.kd.top_refresh=batch",
+                                                   "denoise.kd.top_every=3")
+    per_batch = ("denoise.kd.candidates=teacher", "denoise.kd.top_refresh=batch")
+    assert h(*per_batch) == h(*per_batch, "denoise.kd.top_every=3")
+    assert h(*per_batch) != h("denoise.kd.candidates=teacher", "denoise.kd.top_refresh=epoch")
+    per_epoch = ("denoise.kd.candidates=teacher", "denoise.kd.top_refresh=epoch")
+    assert h(*per_epoch) != h(*per_epoch, "denoise.kd.top_every=3")
+    assert h(*per_epoch) == h(*per_epoch, "denoise.kd.top_every=1")
+
+
 def test_metrics_json_layout_is_the_typed_record(tiny_cfg, tmp_path):
     """The pipeline writes RunRecord's fields, in its order; the one reader gives them back."""
     from dataclasses import fields
