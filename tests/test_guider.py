@@ -377,8 +377,7 @@ def test_teacher_top_lists_every_kth_epoch(tiny_cfg, tmp_path):
     """kd.top_every=2: the lists are computed at epochs 0, 2, 4 and kept in between (the
     teacher's scores of the refresh epoch, not of the current one); resume stays exact because
     the checkpoint keeps them."""
-    _, g = switches(tiny_cfg, "denoise.kd.top_every=2", "denoise.kd.top_k=5")
-    job, _ = switches(tiny_cfg)
+    job, g = switches(tiny_cfg, "denoise.kd.top_every=2", "denoise.kd.top_k=5")
     batch, _ = one_batch(job)
     computed = []
     for epoch in range(5):
