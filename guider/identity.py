@@ -50,7 +50,7 @@ GUIDER_NEUTRAL = {"denoise.graph": False, "denoise.amsc.conf_floor": 0.0,
                   "denoise.kd.warmup_epochs": 0, "denoise.kd.top_refresh": "batch",
                   "denoise.kd.top_every": 1,
                   "denoise.teacher.feature_precision": "float32", "denoise.teacher_every": 1,
-                  "denoise.dbpr.flags": "amsc"}
+                  "denoise.dbpr.flags": "amsc", "denoise.teacher_update": "sync"}
 
 
 def value_before_key(key: str, denoiser: str | None) -> Any:
@@ -136,6 +136,11 @@ def legacy_guider(denoise: dict) -> dict:
         # keys that change nothing in this run: the run is the same whatever their values
         inert = inert_kd_keys(kd)
         out["kd"] = {k: v for k, v in kd.items() if k not in inert}
+    # a mean teacher copies the student: the teacher's own model and rate are unused; an
+    # in-sync teacher has no moving average
+    for key in (("teacher", "teacher_lr") if out.get("teacher_update") == "ema"
+                else ("teacher_ema",)):
+        out.pop(key, None)
     teacher = out.get("teacher")
     if (isinstance(teacher, dict) and teacher.get("name") in ("lightgcn", "mf")
             and set(teacher) <= LEGACY_TEACHER_KEYS):

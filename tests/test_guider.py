@@ -434,6 +434,44 @@ def test_teacher_every_steps_the_teacher_on_every_kth_batch_only(tiny_cfg, tmp_p
     assert every["test"] != full["test"]
 
 
+def test_mean_teacher_follows_the_student_by_its_moving_average(tiny_cfg, tmp_path):
+    """denoise.teacher_update=ema: the teacher starts as a copy of the student, has no optimiser
+    and no gradient, and each step moves it by exactly (1 - teacher_ema) toward the student's
+    current weights; a resumed run is exact and the run differs from the in-sync teacher's."""
+    job, g = switches(tiny_cfg, "denoise.teacher_update=ema", "denoise.teacher_ema=0.75")
+    student = job.model
+    assert g.teacher_opt is None and g.teacher is not student
+    for t, s in zip(g.teacher.parameters(), student.parameters()):
+        assert torch.equal(t, s) and not t.requires_grad
+    with torch.no_grad():  # the student moves (as its optimiser would)
+        for p in student.parameters():
+            p.add_(1.0)
+    before = [p.detach().clone() for p in g.teacher.parameters()]
+    batch, _ = one_batch(job)
+    g.on_epoch(0)
+    g.step(batch)
+    for t, b, s in zip(g.teacher.parameters(), before, student.parameters()):
+        assert torch.allclose(t, 0.75 * b + 0.25 * s, atol=1e-6)
+    # the distillation's gradient reaches the student only
+    kd = g.extra_loss(batch, student)["kd"]
+    kd.backward()
+    assert all(p.grad is None for p in g.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    for bad, match in (("denoise.teacher_update=twin", "teacher_update"),
+                       ("denoise.teacher_ema=1.0", "teacher_ema")):
+        with pytest.raises(ValueError, match=match):
+            switches(tiny_cfg, bad)
+    with pytest.raises(ValueError, match="mean teacher"):
+        switches(tiny_cfg, "denoise.teacher_update=ema", "denoise.dbpr.enabled=true")
+    overrides = (*GUIDER_FAST, "denoise.teacher_update=ema", "train.epochs=3",
+                 "train.patience=100")
+    full = run(tiny_cfg(*overrides), tmp_path / "full")
+    resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed", stop_epoch=1)
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
+    sync = run(tiny_cfg(*GUIDER_FAST, "train.epochs=3", "train.patience=100"), tmp_path / "sync")
+    assert sync["test"] != full["test"]
+
+
 # --- detection metrics ------------------------------------------------------------------
 
 def test_detection_auc_hand_worked():

@@ -393,6 +393,7 @@ def test_defaults_variant_is_the_plain_default():
     ("dbpr_only", "full", {"denoise.student_dbpr": True, "denoise.kd.type": "none"}),
     ("graph_only", "full", {"denoise.graph": True, "denoise.kd.type": "none"}),
     ("fast", "defaults", {"denoise.teacher_every": 2}),
+    ("mean_teacher", "defaults", {"denoise.teacher_update": "ema"}),
     ("oracle_flags", "full", {"denoise.dbpr.flags": "oracle"}),
     ("lightgcn_teacher", "defaults", {"denoise.teacher.name": "lightgcn",
                                       "denoise.teacher.n_layers": 2}),
@@ -622,6 +623,20 @@ def test_kd_keys_that_cannot_act_leave_the_identity_alone():
     per_epoch = ("denoise.kd.candidates=teacher", "denoise.kd.top_refresh=epoch")
     assert h(*per_epoch) != h(*per_epoch, "denoise.kd.top_every=3")
     assert h(*per_epoch) == h(*per_epoch, "denoise.kd.top_every=1")
+
+
+def test_teacher_keys_a_mean_teacher_cannot_use_leave_the_identity_alone():
+    """teacher_update=ema copies the student: the teacher's model and rate are unused there, and
+    the moving average is unused by an in-sync teacher; the in-sync default keeps the hash it had
+    before the key existed."""
+    def h(*extra):
+        return config_hash(compose_config(["denoise=guider", *extra]))
+
+    ema = "denoise.teacher_update=ema"
+    assert h(ema) == h(ema, "denoise/teacher=lightgcn") == h(ema, "denoise.teacher_lr=0.01")
+    assert h(ema) != h(ema, "denoise.teacher_ema=0.9") != h()
+    assert h() == h("denoise.teacher_ema=0.9") == h("denoise.teacher_update=sync")
+    assert h() != h("denoise/teacher=lightgcn")
 
 
 def test_metrics_json_layout_is_the_typed_record(tiny_cfg, tmp_path):

@@ -48,6 +48,7 @@ class DBPRConfig:
 
 
 FLAG_SOURCES = ("amsc", "oracle")
+TEACHER_UPDATES = ("sync", "ema")
 
 
 @dataclass
@@ -62,6 +63,11 @@ class GuiderConfig(DenoiseConfig):
     # the teacher's own step on every k-th batch of an epoch (the first always); the batches in
     # between distil from its last representations: a lever on cost that changes results
     teacher_every: int = 1
+    # sync: the teacher is its own model with its own Adam, trained in sync (the authors') |
+    # ema: the teacher is an exponential moving average of the student's weights (a mean
+    # teacher, no loss, no optimiser; ``teacher`` and ``teacher_lr`` are unused): a cost lever
+    teacher_update: str = "sync"
+    teacher_ema: float = 0.99  # teacher_update=ema: teacher <- d teacher + (1 - d) student per step
     student_dbpr: bool = False  # true: the student's main term is weighted by omega too
     # true: omega also weights the user-item graphs of the teacher and the student (edge values,
     # FREEDOM's pruning odds; Backbone.set_edge_weights), so flags reach the propagation
@@ -85,6 +91,17 @@ class GuiderConfig(DenoiseConfig):
                              f"teacher steps on every batch)")
         if self.teacher_lr <= 0:
             raise ValueError(f"denoise.teacher_lr={self.teacher_lr}: must be > 0")
+        if self.teacher_update not in TEACHER_UPDATES:
+            raise ValueError(f"denoise.teacher_update={self.teacher_update!r}: choose "
+                             f"{' or '.join(TEACHER_UPDATES)}")
+        if not 0.0 <= self.teacher_ema < 1.0:
+            raise ValueError(f"denoise.teacher_ema={self.teacher_ema}: must lie in [0, 1)")
+        if (self.teacher_update == "ema" and self.dbpr.enabled and not self.student_dbpr
+                and not self.graph):
+            # the flags act through the teacher's loss, and a mean teacher has none
+            raise ValueError("denoise.dbpr.enabled=true with denoise.teacher_update=ema: the "
+                             "flags weight the teacher's loss, which a mean teacher does not "
+                             "have; add denoise.student_dbpr=true or denoise.graph=true")
         if not self.dbpr.enabled:
             on = [k for k, v in (("student_dbpr=true", self.student_dbpr),
                                  ("graph=true", self.graph),
@@ -118,8 +135,15 @@ def validate_teacher(node: Any) -> BackboneConfig:
 
 
 def build_teacher(cfg: GuiderConfig, data: Interactions, device: torch.device,
-                  seed: int) -> Backbone:
+                  seed: int, student: Backbone) -> Backbone:
     # the teacher's initialisation must not consume the global RNG the student was seeded from
+    if cfg.teacher_update == "ema":  # a mean teacher: the student's model with its weights
+        with torch.random.fork_rng(devices=[]):
+            teacher = build_backbone(student.cfg, data, device)
+        teacher.load_state_dict(student.state_dict())
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 7919)
         return build_backbone(cfg.teacher, data, device)
@@ -131,14 +155,19 @@ class Guider(Denoiser):
 
     @classmethod
     def embedding_tables(cls, cfg: GuiderConfig) -> list[tuple[str, int, str]]:
+        if cfg.teacher_update == "ema":  # a copy of the student's weights only (no gradient,
+            return []                    # no optimiser state): far below the student's own
         return [(f"the teacher's tables ({cfg.teacher.name})", cfg.teacher.embedding_dim,
                  "denoise.teacher.embedding_dim")]
 
     def __init__(self, cfg: GuiderConfig, data: Interactions, backbone: Backbone,
                  device: torch.device, seed: int):
         super().__init__(cfg, data, backbone, device, seed)
-        self.teacher = build_teacher(cfg, data, device, seed)
-        self.teacher_opt = make_adam(self.teacher.parameters(), cfg.teacher_lr)
+        self.student = backbone  # what a mean teacher (teacher_update=ema) follows
+        self.teacher = build_teacher(cfg, data, device, seed, backbone)
+        self.mean_teacher = cfg.teacher_update == "ema"
+        self.teacher_opt = (None if self.mean_teacher
+                            else make_adam(self.teacher.parameters(), cfg.teacher_lr))
         # flags_on: omega comes from flags (AMSC's, or the labels with dbpr.flags=oracle)
         self.flags_on = cfg.dbpr.enabled
         self.oracle_flags = cfg.dbpr.enabled and cfg.dbpr.flags == "oracle"
@@ -212,6 +241,9 @@ class Guider(Denoiser):
         if skip and self.teacher_embeddings is not None:
             return  # teacher_every > 1: distil from the teacher's last representations
         self.teacher.train()
+        if self.mean_teacher:
+            self.follow_student()
+            return
         losses = self.teacher.losses(batch)
         omega = self.omega[batch.idx] if self.flags_on else None
         loss = weighted_mean(losses.main, omega) + sum(losses.aux.values())
@@ -220,6 +252,16 @@ class Guider(Denoiser):
         self.teacher_opt.step()
         users, items = self.teacher.batch_embeddings(batch)
         self.teacher_embeddings = (users.detach(), items.detach())
+
+    @torch.no_grad()
+    def follow_student(self) -> None:
+        """The mean teacher: its weights move toward the student's current ones (after the
+        student's last step) by 1 - teacher_ema, then give this batch's targets (the training-
+        mode forward, as the in-sync teacher's are those of its own step)."""
+        mine = list(self.teacher.parameters())
+        theirs = [p.detach() for p in self.student.parameters()]
+        torch._foreach_lerp_(mine, theirs, 1.0 - self.cfg.teacher_ema)
+        self.teacher_embeddings = self.teacher.final_embeddings()
 
     def weights(self, batch: Batch, main: torch.Tensor) -> torch.Tensor | None:
         if not self.flags_on or not self.cfg.student_dbpr:
@@ -269,14 +311,16 @@ class Guider(Denoiser):
 
     def state_dict(self) -> dict:
         return {
-            "teacher": self.teacher.state_dict(), "teacher_opt": self.teacher_opt.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "teacher_opt": None if self.teacher_opt is None else self.teacher_opt.state_dict(),
             "omega": self.omega, "false_mask": self.false_mask, "scores": self.scores,
             "distiller": self.distiller.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.teacher.load_state_dict(state["teacher"])
-        self.teacher_opt.load_state_dict(state["teacher_opt"])
+        if self.teacher_opt is not None:
+            self.teacher_opt.load_state_dict(state["teacher_opt"])
         self.omega, self.false_mask, self.scores = state["omega"], state["false_mask"], state["scores"]
         if self.amsc is not None:
             self.amsc.previous = self.scores  # what score_ema averages the next refresh with
