@@ -1,11 +1,14 @@
 """AMSC's detection under its levers, from a trained GUIDER run, without training again.
 
 Loads a GUIDER run folder (config.yaml and checkpoints/best.pt, which holds the teacher at the
-student's best epoch), rebuilds the run's data, and scores every training interaction with AMSC
+student's best epoch; of any other run only the student's signals below are measured), rebuilds the run's data, and scores every training interaction with AMSC
 at the end of its schedule (lambda and rho at their maxima) under each setting of its levers
 (docs/guider.md): the detection metrics of guider.evaluation.detection, overall, against the
 trivial degree and popularity scores, and within bands of user degree. score_ema needs a
-sequence of refreshes and is not measured here.
+sequence of refreshes and is not measured here. Beside AMSC, the same metrics for other signals
+one could flag with (``SIGNALS``): the teacher's and the student's own score of each interaction
+(low = suspicious; the small-loss idea of T-CE, read off a model), raw and standardised within
+each user, each flagging its lowest rho_max share as AMSC would.
 
     python scripts/amsc_levers.py <run folder> [<run folder> ...] --data-dir ../shared/data \
         --out docs/results/amsc_levers.csv
@@ -33,6 +36,11 @@ LEVERS = {
 }
 
 
+# the other signals: (label, whose representations, standardised within each user)
+SIGNALS = [("teacher score", "teacher", False), ("teacher score, per user", "teacher", True),
+           ("student score", "student", False), ("student score, per user", "student", True)]
+
+
 def noise_scores(c: torch.Tensor) -> np.ndarray:
     """-c, users with one interaction least suspicious (as Guider.noise_scores)."""
     c = c.clone()
@@ -43,7 +51,7 @@ def noise_scores(c: torch.Tensor) -> np.ndarray:
 
 def levers_of_run(run_dir: Path, data_dir: str | None) -> pd.DataFrame:
     from guider.config import register_schemas
-    from guider.denoise.guider.amsc import AMSC, rowwise_dot
+    from guider.denoise.guider.amsc import AMSC, AMSCConfig, rowwise_dot
     from guider.evaluation.detection import detection_metrics
     from guider.identity import current_form
     from guider.pipeline import prepare
@@ -56,28 +64,47 @@ def levers_of_run(run_dir: Path, data_dir: str | None) -> pd.DataFrame:
     cfg.graph_cache.dir = None
     job = prepare(cfg)
     state = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
-    if state.get("denoiser") is None:
-        raise ValueError(f"{run_dir}: best.pt holds no denoiser state (not a GUIDER run?)")
-    g = job.denoiser
-    g.load_state_dict(state["denoiser"])
-    g.teacher.eval()
+    job.model.load_state_dict(state["model"])
+    job.model.eval()
     with torch.no_grad():
-        users_e, items_e = (t.float().cpu() for t in g.teacher.final_embeddings())
+        student_e = tuple(t.float().cpu() for t in job.model.final_embeddings())
     data = job.data
-    base = g.cfg.amsc
+    g = job.denoiser
+    guided = state.get("denoiser") is not None and hasattr(g, "teacher")
+    if guided:  # a GUIDER run: its teacher at the student's best epoch
+        g.load_state_dict(state["denoiser"])
+        g.teacher.eval()
+        with torch.no_grad():
+            users_e, items_e = (t.float().cpu() for t in g.teacher.final_embeddings())
+        base = g.cfg.amsc
+    else:  # any other run: the student's own signals only (AMSC's defaults for rho_max)
+        users_e, items_e = student_e
+        base = AMSCConfig()
     rows = []
-    for label, change in LEVERS.items():
+    settings = [(label, change, None, False) for label, change in LEVERS.items()] if guided else []
+    settings += [(label, {}, who, per_user) for label, who, per_user in SIGNALS
+                 if guided or who == "student"]
+    for label, change, who, per_user in settings:
         acfg = replace(base, **change)
         amsc = AMSC(acfg, data.features, data.train.users, data.train.items, data.n_users,
                     data.n_items, job.root.seed + 1)
         affinity = rowwise_dot(users_e, amsc.users, items_e, amsc.items)
-        c, flagged = amsc.refresh(items_e, epoch=10 ** 6, affinity=affinity)
+        if who is None:
+            c, flagged = amsc.refresh(items_e, epoch=10 ** 6, affinity=affinity)
+        else:  # a model's own score, users with one interaction left out as AMSC leaves them
+            e = (users_e, items_e) if who == "teacher" else student_e
+            c = rowwise_dot(e[0], amsc.users, e[1], amsc.items)
+            c[amsc.n_u[amsc.users] < 2] = torch.nan
+            if per_user:
+                c = amsc.standardise_per_user(c)
+            flagged = amsc.reclassify(c, acfg.rho_max)
         det = detection_metrics(noise_scores(c), flagged.numpy(), data.train_noise,
                                 data.train.users, data.train.items)
         # bands with at least 20 noisy and 20 clean pairs (an AUC over fewer says little)
         band_aucs = {name: b["auc"] for name, b in (det.get("bands") or {}).items()
                      if b.get("auc") is not None and 20 <= b["n_noisy"] <= b["n"] - 20}
-        rows.append({"run": run_dir.name, "teacher": g.cfg.teacher.name, "lever": label,
+        rows.append({"run": run_dir.name, "teacher": g.cfg.teacher.name if guided else None,
+                     "lever": label,
                      "auc": det["auc"], "band_auc": det.get("band_auc"),
                      "min_band_auc": min(band_aucs.values()) if band_aucs else None,
                      **{f"band {k}": v for k, v in band_aucs.items()},

@@ -578,6 +578,38 @@ def test_oracle_flags_are_the_labels_and_weight_what_the_switches_say(tiny_cfg, 
     assert len(seen) == 1 and torch.equal(seen[0], g.omega[:64])
 
 
+def test_student_flags_are_the_students_lowest_scores_on_amscs_schedule(tiny_cfg):
+    """dbpr.flags=student: at a refresh past the warm-up, I_false is the rho_max share of the
+    training interactions the student (in evaluation mode) scores lowest, users with a single
+    interaction never flagged; the student is left in the mode it was in; the teacher's DBPR
+    weights them out; the flags need dbpr.enabled."""
+    job, g = switches(tiny_cfg, "denoise.dbpr.enabled=true", "denoise.dbpr.flags=student",
+                      "denoise.amsc.rho_max=0.2")
+    student, data = job.model, job.data
+    g.on_epoch(0)
+    assert not g.false_mask.any()  # rho(0) = 0: nothing flagged before the warm-up
+    with torch.no_grad():
+        for p in student.parameters():  # a student that ranks something
+            p.normal_()
+    student.train()
+    g.on_epoch(2)  # warmup_epochs=2 in GUIDER_FAST: rho at its maximum
+    assert student.training
+    student.eval()
+    with torch.no_grad():
+        u, i = student.final_embeddings()
+    own = (u[data.train.users] * i[data.train.items]).sum(-1).double().numpy()
+    n_u = np.bincount(data.train.users, minlength=data.n_users)[data.train.users]
+    own[n_u < 2] = np.nan
+    threshold = np.nanquantile(own, 0.2)
+    expected = np.nan_to_num(own, nan=np.inf) < threshold
+    assert expected.sum() > 0
+    assert np.array_equal(g.flagged(), expected)
+    assert np.array_equal(g.omega.numpy(), np.where(expected, 0.0, 1.0))
+    assert detection_auc(g.noise_scores(), expected) > 0.99  # its scores are the student's
+    with pytest.raises(ValueError, match="dbpr.flags=student needs"):
+        switches(tiny_cfg, "denoise.dbpr.flags=student")
+
+
 def test_oracle_flags_refuse_data_without_labels(tiny_cfg):
     from guider.denoise import build_denoiser
     from guider.pipeline import validate

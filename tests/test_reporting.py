@@ -395,6 +395,7 @@ def test_defaults_variant_is_the_plain_default():
     ("fast", "defaults", {"denoise.teacher_every": 2}),
     ("mean_teacher", "defaults", {"denoise.teacher_update": "ema"}),
     ("oracle_flags", "full", {"denoise.dbpr.flags": "oracle"}),
+    ("student_flags", "full", {"denoise.dbpr.flags": "student"}),
     ("lightgcn_teacher", "defaults", {"denoise.teacher.name": "lightgcn",
                                       "denoise.teacher.n_layers": 2}),
     ("spec", "full", {"denoise.teacher.name": "lightgcn", "denoise.student_dbpr": True,

@@ -42,12 +42,14 @@ class DBPRConfig:
     # default since the paired measurements of docs/guider.md section 7): omega = 1, AMSC unused
     enabled: bool = False
     false_weight: float = 0.0  # omega for I_false: 0 drops, 0 < w < 1 down-weights
-    # what decides I_false: amsc (the method) | oracle (the injected-noise labels, fixed from the
-    # first epoch: a measurement ceiling of the denoising parts, never a method; needs labels)
+    # what decides I_false: amsc (the method) | student (the student's own score of each
+    # interaction, its lowest share flagged on AMSC's schedule: a co-teaching-like lever) |
+    # oracle (the injected-noise labels, fixed from the first epoch: a measurement ceiling of
+    # the denoising parts, never a method; needs labels)
     flags: str = "amsc"
 
 
-FLAG_SOURCES = ("amsc", "oracle")
+FLAG_SOURCES = ("amsc", "student", "oracle")
 TEACHER_UPDATES = ("sync", "ema")
 
 
@@ -105,7 +107,8 @@ class GuiderConfig(DenoiseConfig):
         if not self.dbpr.enabled:
             on = [k for k, v in (("student_dbpr=true", self.student_dbpr),
                                  ("graph=true", self.graph),
-                                 ("dbpr.flags=oracle", self.dbpr.flags == "oracle")) if v]
+                                 (f"dbpr.flags={self.dbpr.flags}", self.dbpr.flags != "amsc"))
+                  if v]
             if on:  # omega is 1 everywhere without the flags: these switches would do nothing
                 raise ValueError(f"denoise.{on[0]} needs GUIDER's flags, which are off by "
                                  f"default: add denoise.dbpr.enabled=true (or use "
@@ -224,9 +227,20 @@ class Guider(Denoiser):
                 affinity = rowwise_dot(user_emb, self.amsc.users, item_emb, self.amsc.items)
             else:
                 item_emb = self.teacher.item_embeddings()
-        c, false_mask = self.amsc.refresh(item_emb, epoch, affinity)
+        own = self.student_scores() if cfg.dbpr.flags == "student" else None
+        c, false_mask = self.amsc.refresh(item_emb, epoch, affinity, scores=own)
         self.scores, self.false_mask = c, false_mask
         self.omega = self.omega_of(false_mask)
+
+    @torch.no_grad()
+    def student_scores(self) -> torch.Tensor:
+        """The student's score of every training interaction (its evaluation-mode
+        representations, as it would rank them): dbpr.flags=student."""
+        was_training = self.student.training
+        self.student.eval()
+        users, items = (t.float().cpu() for t in self.student.final_embeddings())
+        self.student.train(was_training)
+        return rowwise_dot(users, self.amsc.users, items, self.amsc.items)
 
     def omega_of(self, false_mask: torch.Tensor) -> torch.Tensor:
         """omega: dbpr.false_weight on the flagged interactions (I_false), 1 elsewhere."""

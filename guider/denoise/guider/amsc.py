@@ -241,13 +241,21 @@ class AMSC:
         return flagged
 
     def refresh(self, item_emb: torch.Tensor | None, epoch: int,
-                affinity: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                affinity: torch.Tensor | None = None,
+                scores: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores (higher = more consistent; NaN = clean by definition) and the I_false mask.
         ``affinity``: the teacher's score of each training interaction, the tie-break of the
-        per-user cap."""
+        per-user cap. ``scores``: another signal in place of the consistency (one per training
+        interaction, higher = more trusted; GUIDER's dbpr.flags=student), passed through the
+        same schedule, standardisation, averaging and cap; users with one interaction stay
+        unflagged."""
         cfg = self.cfg
         lam, rho = self.schedule(epoch)
-        c = self.consistency(item_emb, lam)
+        if scores is None:
+            c = self.consistency(item_emb, lam)
+        else:
+            c = scores.detach().float().cpu().clone()
+            c[self.n_u[self.users] < 2] = torch.nan
         if cfg.per_user:
             c = self.standardise_per_user(c)
         if cfg.score_ema > 0 and self.previous is not None:
