@@ -701,10 +701,27 @@ def test_amsc_levers_script_scores_a_saved_run(tiny_cfg, tmp_path):
     spec.loader.exec_module(script)
     run(tiny_cfg(*GUIDER_FAST, "train.epochs=3"), tmp_path)
     table = script.levers_of_run(tmp_path, None)
-    assert list(table["lever"]) == list(script.LEVERS)
+    signals = [label for label, _, _ in script.SIGNALS]
+    assert list(table["lever"]) == list(script.LEVERS) + signals
     assert table["auc"].between(0, 1).all() and table["auc"].nunique() > 1
     plain = table.set_index("lever")
     assert plain.loc["conf_floor=1 (content only, calibrated alpha)", "mean_w"] == 1.0
+    # the student's signal is the AUC of minus its own scores (users with one item unscored)
+    job = prepare(tiny_cfg(*GUIDER_FAST, "train.epochs=3"))
+    state = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
+    job.model.load_state_dict(state["model"])
+    job.model.eval()
+    with torch.no_grad():
+        u, i = job.model.final_embeddings()
+    d = job.data
+    own = (u[d.train.users] * i[d.train.items]).sum(-1).double().numpy()
+    n_u = np.bincount(d.train.users, minlength=d.n_users)[d.train.users]
+    own[n_u < 2] = own[n_u >= 2].max() + 1.0
+    assert plain.loc["student score", "auc"] == pytest.approx(detection_auc(-own, d.train_noise))
+    # any other run: the student's signals only
+    run(tiny_cfg("train.epochs=2"), tmp_path / "none")
+    other = script.levers_of_run(tmp_path / "none", None)
+    assert list(other["lever"]) == [label for label, who, _ in script.SIGNALS if who == "student"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -138,9 +138,12 @@ def validate_teacher(node: Any) -> BackboneConfig:
 
 
 def build_teacher(cfg: GuiderConfig, data: Interactions, device: torch.device,
-                  seed: int, student: Backbone) -> Backbone:
+                  seed: int, student: Backbone | None = None) -> Backbone:
     # the teacher's initialisation must not consume the global RNG the student was seeded from
     if cfg.teacher_update == "ema":  # a mean teacher: the student's model with its weights
+        if student is None:
+            raise ValueError("denoise.teacher_update=ema: the mean teacher is built from the "
+                             "student, which was not given")
         with torch.random.fork_rng(devices=[]):
             teacher = build_backbone(student.cfg, data, device)
         teacher.load_state_dict(student.state_dict())
