@@ -174,7 +174,7 @@ class Guider(Denoiser):
         self.mean_teacher = cfg.teacher_update == "ema"
         self.teacher_opt = (None if self.mean_teacher
                             else make_adam(self.teacher.parameters(), cfg.teacher_lr))
-        # flags_on: omega comes from flags (AMSC's, or the labels with dbpr.flags=oracle)
+        # flags_on: omega comes from flags (AMSC's, the student's scores, or the labels)
         self.flags_on = cfg.dbpr.enabled
         self.oracle_flags = cfg.dbpr.enabled and cfg.dbpr.flags == "oracle"
         self.amsc = (AMSC(cfg.amsc, data.features, data.train.users, data.train.items,
