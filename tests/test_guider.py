@@ -586,6 +586,11 @@ def test_student_flags_are_the_students_lowest_scores_on_amscs_schedule(tiny_cfg
     job, g = switches(tiny_cfg, "denoise.dbpr.enabled=true", "denoise.dbpr.flags=student",
                       "denoise.amsc.rho_max=0.2")
     student, data = job.model, job.data
+
+    def no_teacher_forward():
+        raise AssertionError("the student's flags need no teacher embeddings")
+
+    g.teacher.item_embeddings = no_teacher_forward
     g.on_epoch(0)
     assert not g.false_mask.any()  # rho(0) = 0: nothing flagged before the warm-up
     with torch.no_grad():

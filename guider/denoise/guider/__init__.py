@@ -223,12 +223,12 @@ class Guider(Denoiser):
         if self.amsc is None or epoch % cfg.amsc.refresh_every != 0:
             return
         self.teacher.eval()
-        affinity = None
+        affinity = item_emb = None
         with torch.no_grad():
             if cfg.amsc.user_cap < 1.0:  # the teacher's user-item scores break the cap's ties
                 user_emb, item_emb = (t.float().cpu() for t in self.teacher.final_embeddings())
                 affinity = rowwise_dot(user_emb, self.amsc.users, item_emb, self.amsc.items)
-            else:
+            elif cfg.dbpr.flags != "student":  # the student's scores need no teacher forward
                 item_emb = self.teacher.item_embeddings()
         own = self.student_scores() if cfg.dbpr.flags == "student" else None
         c, false_mask = self.amsc.refresh(item_emb, epoch, affinity, scores=own)
