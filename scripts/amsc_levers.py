@@ -80,24 +80,21 @@ def levers_of_run(run_dir: Path, data_dir: str | None) -> pd.DataFrame:
     else:  # any other run: the student's own signals only (AMSC's defaults for rho_max)
         users_e, items_e = student_e
         base = AMSCConfig()
+    users, items = (torch.as_tensor(a, dtype=torch.long) for a in (data.train.users, data.train.items))
+    # each model's own score of every training interaction (the teacher's also breaks the cap's ties)
+    own = {"teacher": rowwise_dot(users_e, users, items_e, items),
+           "student": rowwise_dot(student_e[0], users, student_e[1], items)}
     rows = []
-    settings = [(label, change, None, False) for label, change in LEVERS.items()] if guided else []
-    settings += [(label, {}, who, per_user) for label, who, per_user in SIGNALS
+    settings = [(label, change, None) for label, change in LEVERS.items()] if guided else []
+    settings += [(label, {"per_user": per_user}, who) for label, who, per_user in SIGNALS
                  if guided or who == "student"]
-    for label, change, who, per_user in settings:
+    for label, change, who in settings:
         acfg = replace(base, **change)
         amsc = AMSC(acfg, data.features, data.train.users, data.train.items, data.n_users,
                     data.n_items, job.root.seed + 1)
-        affinity = rowwise_dot(users_e, amsc.users, items_e, amsc.items)
-        if who is None:
-            c, flagged = amsc.refresh(items_e, epoch=10 ** 6, affinity=affinity)
-        else:  # a model's own score, users with one interaction left out as AMSC leaves them
-            e = (users_e, items_e) if who == "teacher" else student_e
-            c = rowwise_dot(e[0], amsc.users, e[1], amsc.items)
-            c[amsc.n_u[amsc.users] < 2] = torch.nan
-            if per_user:
-                c = amsc.standardise_per_user(c)
-            flagged = amsc.reclassify(c, acfg.rho_max)
+        # a model's own score goes through AMSC's own path for it (GUIDER's dbpr.flags=student)
+        c, flagged = amsc.refresh(items_e, epoch=10 ** 6, affinity=own["teacher"],
+                                  scores=None if who is None else own[who])
         det = detection_metrics(noise_scores(c), flagged.numpy(), data.train_noise,
                                 data.train.users, data.train.items)
         # bands with at least 20 noisy and 20 clean pairs (an AUC over fewer says little)
