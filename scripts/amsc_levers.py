@@ -1,8 +1,8 @@
 """AMSC's detection under its levers, from a trained GUIDER run, without training again.
 
 Loads a GUIDER run folder (config.yaml and checkpoints/best.pt, which holds the teacher at the
-student's best epoch; of any other run only the student's signals below are measured), rebuilds the run's data, and scores every training interaction with AMSC
-at the end of its schedule (lambda and rho at their maxima) under each setting of its levers
+student's best epoch; of any other run only the student's signals below are measured), rebuilds
+the run's data, and scores every training interaction with AMSC at the end of its schedule (lambda and rho at their maxima) under each setting of its levers
 (docs/guider.md): the detection metrics of guider.evaluation.detection, overall, against the
 trivial degree and popularity scores, and within bands of user degree. score_ema needs a
 sequence of refreshes and is not measured here. Beside AMSC, the same metrics for other signals
@@ -80,8 +80,9 @@ def levers_of_run(run_dir: Path, data_dir: str | None) -> pd.DataFrame:
     else:  # any other run: the student's own signals only (AMSC's defaults for rho_max)
         users_e, items_e = student_e
         base = AMSCConfig()
-    users, items = (torch.as_tensor(a, dtype=torch.long) for a in (data.train.users, data.train.items))
-    # each model's own score of every training interaction (the teacher's also breaks the cap's ties)
+    users, items = (torch.as_tensor(a, dtype=torch.long)
+                    for a in (data.train.users, data.train.items))
+    # each model's own score of every training interaction (the teacher's breaks the cap's ties)
     own = {"teacher": rowwise_dot(users_e, users, items_e, items),
            "student": rowwise_dot(student_e[0], users, student_e[1], items)}
     rows = []
