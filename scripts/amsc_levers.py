@@ -2,8 +2,9 @@
 
 Loads a GUIDER run folder (config.yaml and checkpoints/best.pt, which holds the teacher at the
 student's best epoch; of any other run only the student's signals below are measured), rebuilds
-the run's data, and scores every training interaction with AMSC at the end of its schedule (lambda and rho at their maxima) under each setting of its levers
-(docs/guider.md): the detection metrics of guider.evaluation.detection, overall, against the
+the run's data, and scores every training interaction with AMSC at the end of its schedule
+(lambda and rho at their maxima) under each setting of its levers (docs/guider.md): the
+detection metrics of guider.evaluation.detection, overall, against the
 trivial degree and popularity scores, and within bands of user degree. score_ema needs a
 sequence of refreshes and is not measured here. Beside AMSC, the same metrics for other signals
 one could flag with (``SIGNALS``): the teacher's and the student's own score of each interaction
