@@ -9,7 +9,9 @@ trivial degree and popularity scores, and within bands of user degree. score_ema
 sequence of refreshes and is not measured here. Beside AMSC, the same metrics for other signals
 one could flag with (``SIGNALS``): the teacher's and the student's own score of each interaction
 (low = suspicious; the small-loss idea of T-CE, read off a model), raw and standardised within
-each user, each flagging its lowest rho_max share as AMSC would.
+each user, each flagging its lowest rho_max share as AMSC would. ``--rho 0.05,0.1,0.2`` measures
+every row at each of these flagged shares instead of the run's rho_max (the AUCs do not depend on
+it; the flagged set's precision and recall do: how many flags a detector can afford).
 
     python scripts/amsc_levers.py <run folder> [<run folder> ...] --data-dir ../shared/data \
         --out docs/results/amsc_levers.csv
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +53,8 @@ def noise_scores(c: torch.Tensor) -> np.ndarray:
     return (-c).numpy()
 
 
-def levers_of_run(run_dir: Path, data_dir: str | None) -> pd.DataFrame:
+def levers_of_run(run_dir: Path, data_dir: str | None,
+                  rhos: list[float] | None = None) -> pd.DataFrame:
     from guider.config import register_schemas
     from guider.denoise.guider.amsc import AMSC, AMSCConfig, rowwise_dot
     from guider.evaluation.detection import detection_metrics
@@ -90,8 +94,8 @@ def levers_of_run(run_dir: Path, data_dir: str | None) -> pd.DataFrame:
     settings = [(label, change, None) for label, change in LEVERS.items()] if guided else []
     settings += [(label, {"per_user": per_user}, who) for label, who, per_user in SIGNALS
                  if guided or who == "student"]
-    for label, change, who in settings:
-        acfg = replace(base, **change)
+    for (label, change, who), rho in product(settings, rhos or [base.rho_max]):
+        acfg = replace(base, **change, rho_max=rho)
         amsc = AMSC(acfg, data.features, data.train.users, data.train.items, data.n_users,
                     data.n_items, job.root.seed + 1)
         # a model's own score goes through AMSC's own path for it (GUIDER's dbpr.flags=student)
@@ -103,7 +107,7 @@ def levers_of_run(run_dir: Path, data_dir: str | None) -> pd.DataFrame:
         band_aucs = {name: b["auc"] for name, b in (det.get("bands") or {}).items()
                      if b.get("auc") is not None and 20 <= b["n_noisy"] <= b["n"] - 20}
         rows.append({"run": run_dir.name, "teacher": g.cfg.teacher.name if guided else None,
-                     "lever": label,
+                     "lever": label, "rho": rho,
                      "auc": det["auc"], "band_auc": det.get("band_auc"),
                      "min_band_auc": min(band_aucs.values()) if band_aucs else None,
                      **{f"band {k}": v for k, v in band_aucs.items()},
@@ -120,12 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--rho", default=None, metavar="R1,R2,...",
+                        help="flagged shares to measure each row at (default: the run's rho_max)")
     args = parser.parse_args(argv)
+    rhos = [float(r) for r in args.rho.split(",")] if args.rho else None
+    if rhos and not all(0 < r < 1 for r in rhos):
+        parser.error(f"--rho {args.rho}: each share must be in (0, 1)")
     torch.set_num_threads(1)
-    table = pd.concat([levers_of_run(r, args.data_dir) for r in args.runs], ignore_index=True)
+    table = pd.concat([levers_of_run(r, args.data_dir, rhos) for r in args.runs], ignore_index=True)
     pd.set_option("display.width", 200)
-    cols = ["run", "teacher", "lever", "auc", "band_auc", "min_band_auc", "degree_auc",
-            "popularity_auc", "precision", "mean_w"]
+    cols = ["run", "teacher", "lever", "rho", "auc", "band_auc", "min_band_auc", "degree_auc",
+            "popularity_auc", "precision", "recall", "mean_w"]
     print(table[cols].round(3).to_string(index=False))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -723,6 +723,12 @@ def test_amsc_levers_script_scores_a_saved_run(tiny_cfg, tmp_path):
     n_u = np.bincount(d.train.users, minlength=d.n_users)[d.train.users]
     own[n_u < 2] = own[n_u >= 2].max() + 1.0
     assert plain.loc["student score", "auc"] == pytest.approx(detection_auc(-own, d.train_noise))
+    # --rho: every row at each flagged share; the AUCs unchanged, the flagged sets growing
+    by_rho = script.levers_of_run(tmp_path, None, [0.05, 0.2])
+    assert len(by_rho) == 2 * len(table) and set(by_rho["rho"]) == {0.05, 0.2}
+    student = by_rho[by_rho["lever"] == "student score"].set_index("rho")
+    assert student["auc"].tolist() == pytest.approx([plain.loc["student score", "auc"]] * 2)
+    assert 0 < student.loc[0.05, "n_flagged"] < student.loc[0.2, "n_flagged"]
     # any other run: the student's signals only
     run(tiny_cfg("train.epochs=2"), tmp_path / "none")
     other = script.levers_of_run(tmp_path / "none", None)
