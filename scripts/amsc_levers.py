@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -94,28 +93,33 @@ def levers_of_run(run_dir: Path, data_dir: str | None,
     settings = [(label, change, None) for label, change in LEVERS.items()] if guided else []
     settings += [(label, {"per_user": per_user}, who) for label, who, per_user in SIGNALS
                  if guided or who == "student"]
-    for (label, change, who), rho in product(settings, rhos or [base.rho_max]):
-        acfg = replace(base, **change, rho_max=rho)
-        amsc = AMSC(acfg, data.features, data.train.users, data.train.items, data.n_users,
-                    data.n_items, job.root.seed + 1)
-        # a model's own score goes through AMSC's own path for it (GUIDER's dbpr.flags=student)
-        c, flagged = amsc.refresh(items_e, epoch=10 ** 6, affinity=own["teacher"],
-                                  scores=None if who is None else own[who])
-        det = detection_metrics(noise_scores(c), flagged.numpy(), data.train_noise,
-                                data.train.users, data.train.items)
-        # bands with at least 20 noisy and 20 clean pairs (an AUC over fewer says little)
-        band_aucs = {name: b["auc"] for name, b in (det.get("bands") or {}).items()
-                     if b.get("auc") is not None and 20 <= b["n_noisy"] <= b["n"] - 20}
-        rows.append({"run": run_dir.name, "teacher": g.cfg.teacher.name if guided else None,
-                     "lever": label, "rho": rho,
-                     "auc": det["auc"], "band_auc": det.get("band_auc"),
-                     "min_band_auc": min(band_aucs.values()) if band_aucs else None,
-                     **{f"band {k}": v for k, v in band_aucs.items()},
-                     "degree_auc": det.get("degree_auc"),
-                     "popularity_auc": det.get("popularity_auc"),
-                     "precision": det.get("precision"), "recall": det.get("recall"),
-                     "n_flagged": det.get("n_flagged"),
-                     "mean_w": float(amsc.w.mean()), **{f"cfg.{k}": v for k, v in change.items()}})
+    for label, change, who in settings:
+        # one AMSC per setting (its kNN confidence, modality weights) serves every share: the
+        # share enters only its schedule
+        amsc = AMSC(replace(base, **change), data.features, data.train.users, data.train.items,
+                    data.n_users, data.n_items, job.root.seed + 1)
+        for rho in rhos or [base.rho_max]:
+            amsc.cfg = replace(amsc.cfg, rho_max=rho)
+            amsc.previous = None  # each share a first refresh (no score_ema across shares)
+            # a model's own score goes through AMSC's own path for it (GUIDER's dbpr.flags=student)
+            c, flagged = amsc.refresh(items_e, epoch=10 ** 6, affinity=own["teacher"],
+                                      scores=None if who is None else own[who])
+            det = detection_metrics(noise_scores(c), flagged.numpy(), data.train_noise,
+                                    data.train.users, data.train.items)
+            # bands with at least 20 noisy and 20 clean pairs (an AUC over fewer says little)
+            band_aucs = {name: b["auc"] for name, b in (det.get("bands") or {}).items()
+                         if b.get("auc") is not None and 20 <= b["n_noisy"] <= b["n"] - 20}
+            rows.append({"run": run_dir.name, "teacher": g.cfg.teacher.name if guided else None,
+                         "lever": label, "rho": rho,
+                         "auc": det["auc"], "band_auc": det.get("band_auc"),
+                         "min_band_auc": min(band_aucs.values()) if band_aucs else None,
+                         **{f"band {k}": v for k, v in band_aucs.items()},
+                         "degree_auc": det.get("degree_auc"),
+                         "popularity_auc": det.get("popularity_auc"),
+                         "precision": det.get("precision"), "recall": det.get("recall"),
+                         "n_flagged": det.get("n_flagged"),
+                         "mean_w": float(amsc.w.mean()),
+                         **{f"cfg.{k}": v for k, v in change.items()}})
     return pd.DataFrame(rows)
 
 
