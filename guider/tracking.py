@@ -52,9 +52,15 @@ def metric_name(key: str) -> str:
 
 
 def eval_metrics(row: dict) -> dict[str, float]:
-    """One evaluated epoch of history.csv as tracker metrics: train/loss, valid/<metric>."""
-    return {("train/loss" if k == "loss" else f"valid/{metric_name(k)}"): float(v)
-            for k, v in row.items() if k != "epoch"}
+    """One evaluated epoch of history.csv as tracker metrics: train/loss, valid/<metric>, and
+    the denoiser's detection where the noise is known, detect/<auc|precision|recall|flagged>."""
+    def name(k: str) -> str:
+        if k == "loss":
+            return "train/loss"
+        if k.startswith("detect_"):
+            return f"detect/{k.removeprefix('detect_')}"
+        return f"valid/{metric_name(k)}"
+    return {name(k): float(v) for k, v in row.items() if k != "epoch"}
 
 
 def test_metrics(metrics: dict) -> dict[str, float]:

@@ -9,7 +9,9 @@ trivial degree and popularity scores, and within bands of user degree. score_ema
 sequence of refreshes and is not measured here. Beside AMSC, the same metrics for other signals
 one could flag with (``SIGNALS``): the teacher's and the student's own score of each interaction
 (low = suspicious; the small-loss idea of T-CE, read off a model), raw and standardised within
-each user, each flagging its lowest rho_max share as AMSC would. ``--rho 0.05,0.1,0.2`` measures
+each user, and the student's set against what else it could have scored (``centred_scores``:
+along the user's row of the catalogue, along the item's column of users, double-centred), each
+flagging its lowest rho_max share as AMSC would. ``--rho 0.05,0.1,0.2`` measures
 every row at each of these flagged shares instead of the run's rho_max (the AUCs do not depend on
 it; the flagged set's precision and recall do: how many flags a detector can afford).
 
@@ -39,9 +41,41 @@ LEVERS = {
 }
 
 
-# the other signals: (label, whose representations, standardised within each user)
-SIGNALS = [("teacher score", "teacher", False), ("teacher score, per user", "teacher", True),
-           ("student score", "student", False), ("student score, per user", "student", True)]
+# the other signals: (label, whose representations, standardised within each user, centring)
+SIGNALS = [("teacher score", "teacher", False, None),
+           ("teacher score, per user", "teacher", True, None),
+           ("student score", "student", False, None),
+           ("student score, per user", "student", True, None),
+           ("student score vs the catalogue", "student", False, "catalogue"),
+           ("student score vs the item's users", "student", False, "item"),
+           ("student score, double-centred", "student", False, "both")]
+
+
+def centred_scores(users_e: torch.Tensor, items_e: torch.Tensor, users: torch.Tensor,
+                   items: torch.Tensor, how: str | None) -> torch.Tensor:
+    """A model's score of each (u, i), set against what else it could have scored.
+
+    None: the inner product s_ui = e_u . e_i. ``catalogue``: s_ui standardised over u's scores
+    of every item, (s_ui - e_u . m_I) / sqrt(e_u^T C_I e_u) (how far up u's own ranking i sits,
+    comparable across users); ``item``: standardised over every user's score of i,
+    (s_ui - m_U . e_i) / sqrt(e_i^T C_U e_i) (how much more u likes i than users at large: a
+    random pair should score as an average user does); ``both``: (e_u - m_U) . (e_i - m_I).
+    m and C are the mean and covariance of the item (I) or user (U) representations, so each
+    costs O((|R| + n) d^2), no users x items block."""
+    from guider.denoise.guider.amsc import rowwise_dot
+
+    s = rowwise_dot(users_e, users, items_e, items)
+    if how is None:
+        return s
+    m_u, m_i = users_e.mean(0), items_e.mean(0)
+    if how == "both":
+        return rowwise_dot(users_e - m_u, users, items_e - m_i, items)
+    own, other, rows = (users_e, items_e, users) if how == "catalogue" else (items_e, users_e, items)
+    m = other.mean(0)
+    cov = torch.cov(other.T, correction=0)
+    mean = (own @ m)[rows]
+    std = ((own @ cov) * own).sum(-1).clamp(min=1e-12).sqrt()[rows]
+    return (s - mean) / std
 
 
 def noise_scores(c: torch.Tensor) -> np.ndarray:
@@ -87,13 +121,15 @@ def levers_of_run(run_dir: Path, data_dir: str | None,
     users, items = (torch.as_tensor(a, dtype=torch.long)
                     for a in (data.train.users, data.train.items))
     # each model's own score of every training interaction (the teacher's breaks the cap's ties)
-    own = {"teacher": rowwise_dot(users_e, users, items_e, items),
-           "student": rowwise_dot(student_e[0], users, student_e[1], items)}
+    own = {"teacher": rowwise_dot(users_e, users, items_e, items)}
+    reps = {"teacher": (users_e, items_e), "student": student_e}
     rows = []
     settings = [(label, change, None) for label, change in LEVERS.items()] if guided else []
-    settings += [(label, {"per_user": per_user}, who) for label, who, per_user in SIGNALS
+    settings += [(label, {"per_user": per_user}, (who, how)) for label, who, per_user, how in SIGNALS
                  if guided or who == "student"]
-    for label, change, who in settings:
+    for label, change, signal in settings:
+        scores = None if signal is None else centred_scores(*reps[signal[0]], users, items,
+                                                              signal[1])
         # one AMSC per setting (its kNN confidence, modality weights) serves every share: the
         # share enters only its schedule
         amsc = AMSC(replace(base, **change), data.features, data.train.users, data.train.items,
@@ -103,7 +139,7 @@ def levers_of_run(run_dir: Path, data_dir: str | None,
             amsc.previous = None  # each share a first refresh (no score_ema across shares)
             # a model's own score goes through AMSC's own path for it (GUIDER's dbpr.flags=student)
             c, flagged = amsc.refresh(items_e, epoch=10 ** 6, affinity=own["teacher"],
-                                      scores=None if who is None else own[who])
+                                      scores=scores)
             det = detection_metrics(noise_scores(c), flagged.numpy(), data.train_noise,
                                     data.train.users, data.train.items)
             # bands with at least 20 noisy and 20 clean pairs (an AUC over fewer says little)

@@ -706,7 +706,7 @@ def test_amsc_levers_script_scores_a_saved_run(tiny_cfg, tmp_path):
     spec.loader.exec_module(script)
     run(tiny_cfg(*GUIDER_FAST, "train.epochs=3"), tmp_path)
     table = script.levers_of_run(tmp_path, None)
-    signals = [label for label, _, _ in script.SIGNALS]
+    signals = [label for label, *_ in script.SIGNALS]
     assert list(table["lever"]) == list(script.LEVERS) + signals
     assert table["auc"].between(0, 1).all() and table["auc"].nunique() > 1
     plain = table.set_index("lever")
@@ -732,7 +732,29 @@ def test_amsc_levers_script_scores_a_saved_run(tiny_cfg, tmp_path):
     # any other run: the student's signals only
     run(tiny_cfg("train.epochs=2"), tmp_path / "none")
     other = script.levers_of_run(tmp_path / "none", None)
-    assert list(other["lever"]) == [label for label, who, _ in script.SIGNALS if who == "student"]
+    assert list(other["lever"]) == [label for label, who, *_ in script.SIGNALS if who == "student"]
+
+
+def test_amsc_levers_centred_scores_match_the_dense_block():
+    """scripts/amsc_levers.py's centred scores equal their definitions on the full users x items
+    score block: standardised along the user's row, along the item's column, double-centred."""
+    import importlib.util
+
+    from .conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("amsc_levers", REPO / "scripts" / "amsc_levers.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    g = torch.Generator().manual_seed(0)
+    U, V = torch.randn(7, 4, generator=g), torch.randn(9, 4, generator=g) + 0.5
+    users, items = torch.tensor([0, 0, 3, 6, 2]), torch.tensor([1, 8, 8, 0, 4])
+    S = U @ V.T  # every user's score of every item
+    row = (S - S.mean(1, keepdim=True)) / S.std(1, correction=0, keepdim=True)
+    col = (S - S.mean(0, keepdim=True)) / S.std(0, correction=0, keepdim=True)
+    both = S - S.mean(1, keepdim=True) - S.mean(0, keepdim=True) + S.mean()
+    for how, dense in ((None, S), ("catalogue", row), ("item", col), ("both", both)):
+        got = script.centred_scores(U, V, users, items, how)
+        assert got == pytest.approx(dense[users, items], abs=1e-5), how
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

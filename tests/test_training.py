@@ -230,3 +230,25 @@ def test_feature_models_refuse_data_without_features(backbone):
     entry = BACKBONES.get(backbone)
     with pytest.raises(ValueError, match=f"backbone={backbone} needs item features.*dataset.features"):
         entry.cls(entry.schema(), data)
+
+
+def test_history_follows_detection_where_the_noise_is_known(tiny_cfg, tmp_path):
+    """With noise labels each evaluation's row carries the denoiser's detection; its last row
+    (the final state) equals metrics.json's detection. A denoiser with no scores: no columns."""
+    metrics = run(tiny_cfg(LR_FAST, "noise=random", "noise.ratio=0.2", "denoise=tce",
+                           "train.epochs=4", "train.patience=100"), tmp_path / "tce")
+    history = pd.read_csv(tmp_path / "tce" / "history.csv")
+    det = metrics["detection"]
+    assert len(history) == 4
+    last = history.iloc[-1]
+    assert last["detect_auc"] == pytest.approx(det["auc"])
+    assert last["detect_precision"] == pytest.approx(det["precision"])
+    assert last["detect_recall"] == pytest.approx(det["recall"])
+    assert last["detect_flagged"] == det["n_flagged"] > 0
+    assert history["detect_auc"].between(0, 1).all()
+    # T-CE's drop rate grows over training: so does its flagged set
+    assert history["detect_flagged"].is_monotonic_increasing
+    # a denoiser without scores or flags: no detection columns
+    run(tiny_cfg(LR_FAST, "noise=random", "noise.ratio=0.2"), tmp_path / "none")
+    assert not any(c.startswith("detect_")
+                   for c in pd.read_csv(tmp_path / "none" / "history.csv").columns)

@@ -79,6 +79,27 @@ def _precision_recall(flagged: np.ndarray, labels: np.ndarray) -> dict:
             "recall": tp / int(labels.sum()) if labels.any() else None}
 
 
+def detection_trace(scores: np.ndarray | None, flagged: np.ndarray | None,
+                    labels: np.ndarray) -> dict:
+    """The few detection numbers worth following over training (one history row each
+    evaluation): ``detect_auc`` of the scores, ``detect_precision`` / ``detect_recall`` of the
+    flagged set; a key only where its number exists."""
+    labels = np.asarray(labels, dtype=bool)
+    out = {}
+    if scores is not None:
+        auc = detection_auc(scores, labels)
+        if auc is not None:
+            out["detect_auc"] = auc
+    if flagged is not None and labels.any():
+        flagged = np.asarray(flagged, dtype=bool)
+        out["detect_flagged"] = int(flagged.sum())
+        pr = _precision_recall(flagged, labels)
+        out["detect_recall"] = pr["recall"]
+        if pr["precision"] is not None:
+            out["detect_precision"] = pr["precision"]
+    return out
+
+
 def detection_metrics(scores: np.ndarray | None, flagged: np.ndarray | None,
                       labels: np.ndarray, users: np.ndarray | None = None,
                       items: np.ndarray | None = None,

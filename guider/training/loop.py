@@ -26,6 +26,7 @@ from ..config import EvalConfig, TrainConfig
 from ..data import BPRSampler, Interactions
 from ..denoise import Denoiser, weighted_mean
 from ..evaluation import build_eval_sets, evaluate
+from ..evaluation.detection import detection_trace
 from ..identity import comparable_fingerprint
 from ..optim import make_adam
 
@@ -125,6 +126,9 @@ class Trainer:
         self.best = BestState()
         self.applied_weights: torch.Tensor | None = None  # the denoiser's graph weights held
         self.on_eval: Callable[[dict], None] | None = None
+        # injected noise's labels, when known: each evaluation's history row follows the
+        # denoiser's detection (detect_auc, detect_precision, detect_recall)
+        self.noise_labels = data.train_noise if data.has_noise_labels else None
 
     # -- resume -------------------------------------------------------------------------------
 
@@ -206,7 +210,10 @@ class Trainer:
         valid = evaluate(self.model.scorer(), self.valid_set, evalc.topk, evalc.batch_users,
                          self.device)
         state.seconds_eval += time.perf_counter() - t1
-        state.history.append({"epoch": epoch, "loss": epoch_loss, **valid})
+        detect = ({} if self.noise_labels is None else
+                  detection_trace(self.denoiser.noise_scores(), self.denoiser.flagged(),
+                                  self.noise_labels))
+        state.history.append({"epoch": epoch, "loss": epoch_loss, **valid, **detect})
         if self.on_eval is not None:  # a tracker (guider.tracking)
             self.on_eval(state.history[-1])
         value = valid.get(metric, -math.inf)
