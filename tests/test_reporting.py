@@ -799,3 +799,34 @@ def test_paired_curves_when_a_pair_lacks_the_last_common_epoch(tmp_path):
     md = summarize(root).markdown
     se = f"{statistics.stdev([0.1, 0.3]) / math.sqrt(2):.4f}"
     assert f"| guider | 2 | 3 | +0.2000 ± {se} | +0.2000 ± {se} |" in md
+
+
+def test_detection_over_training_hand_worked(tmp_path):
+    """Two tce seeds trace their detection (seed 0 epochs 0-2, seed 1 epochs 0-1), none has no
+    trace: per epoch the mean and s.e. over the runs that reached it, tce's rows only."""
+    root = tmp_path / "sweep"
+    traces = {0: [0.6, 0.7, 0.8], 1: [0.8, 0.9]}
+    for seed, aucs in traces.items():
+        run = make_run(root, f"tce-{seed}", denoise="tce", ratio=0.2, seed=seed, recall=0.3)
+        pd.DataFrame({"epoch": range(len(aucs)), "loss": 1.0, "Recall@20": 0.3,
+                      "detect_auc": aucs, "detect_precision": [0.5] * len(aucs)}).to_csv(
+            run / "history.csv", index=False)
+        run = make_run(root, f"none-{seed}", denoise="none", ratio=0.2, seed=seed, recall=0.3)
+        pd.DataFrame({"epoch": range(3), "loss": 1.0, "Recall@20": 0.3}).to_csv(
+            run / "history.csv", index=False)
+    result = summarize(root)
+    curves = pd.read_csv(root / "detection_curves.csv")
+    assert set(curves["denoise"]) == {"tce"} and set(curves["metric"]) == {"detect_auc",
+                                                                          "detect_precision"}
+    auc = curves[curves["metric"] == "detect_auc"].set_index("epoch")
+    assert auc["runs"].to_dict() == {0: 2, 1: 2, 2: 1}
+    assert auc.loc[0, "mean"] == pytest.approx(0.7) and auc.loc[2, "mean"] == pytest.approx(0.8)
+    assert auc.loc[1, "se"] == pytest.approx(statistics.stdev([0.7, 0.9]) / math.sqrt(2))
+    assert math.isnan(auc.loc[2, "se"])
+    assert (root / "figures" / "detection_over_training.png").is_file()
+    assert "detection_curves.csv" in result.markdown
+    for seed in traces:  # no trace left: no file, no figure
+        (root / f"tce-{seed}" / "history.csv").unlink()
+    summarize(root)
+    assert not (root / "detection_curves.csv").exists()
+    assert not (root / "figures" / "detection_over_training.png").exists()

@@ -134,3 +134,59 @@ def write_curves_figure(pairing: Any, curves: pd.DataFrame, out_dir: Path, metri
                         f"Paired difference of valid {metric} at equal epochs (mean ± s.e.)",
                         context)
     return figures.save(fig, out_dir / f"paired_valid_curve_vs_{slug(pairing.reference)}.png")
+
+
+# --- detection over training (history.csv's detect_* columns) -----------------------------
+
+DETECTION_TRACE = (("detect_auc", "detection AUC"), ("detect_precision", "precision of the flags"),
+                   ("detect_recall", "recall of the flags"))
+
+
+def detection_curves(runs: pd.DataFrame, varying: list[str], root: Path) -> pd.DataFrame:
+    """Per configuration (the varying settings except seed) and epoch: the mean and standard
+    error over its completed runs of each detection number their histories hold (``detect_*``,
+    written where the noise is known). Empty when no run has them."""
+    keys = [k for k in varying if k != "seed"]
+    rows = []
+    done = runs[runs["status"] == "completed"] if "status" in runs else runs
+    frame = done.assign(__series=[label(r, keys) for _, r in done.iterrows()])
+    for _, group in frame.groupby("__series", sort=True):
+        for column, _ in DETECTION_TRACE:
+            series = [s for s in (read_history(root / r, column) for r in group["run"])
+                      if s is not None and len(s)]
+            if not series:
+                continue
+            table = pd.concat(series, axis=1)
+            for epoch, values in table.iterrows():
+                v = values.dropna().tolist()
+                if not v:
+                    continue
+                mean, se = _mean_se(v)
+                rows.append({**{k: group.iloc[0][k] for k in keys}, "metric": column,
+                             "epoch": int(epoch), "runs": len(v), "mean": mean, "se": se})
+    return pd.DataFrame(rows)
+
+
+def write_detection_figure(curves: pd.DataFrame, keys: list[str], out_dir: Path,
+                           context: str = "") -> Path:
+    """One panel per detection number, one line per configuration (mean ± s.e. over seeds)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    present = [(c, name) for c, name in DETECTION_TRACE if c in set(curves["metric"])]
+    fig, axes = figures.new_axes(width=4.2 * len(present), ncols=len(present))
+    axes = list(axes) if len(present) > 1 else [axes]
+    keys = [k for k in keys if k in curves]
+    data = curves.assign(__series=[label(r, keys) for _, r in curves.iterrows()])
+    for ax, (column, name) in zip(axes, present):
+        for series, part in data[data["metric"] == column].groupby("__series", sort=True):
+            x = part["epoch"].to_numpy(float)
+            y = part["mean"].to_numpy(float)
+            se = part["se"].fillna(0.0).to_numpy(float)
+            line, = ax.plot(x, y, marker=".", markersize=3, label=series)
+            ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Detection of the known noise over training (mean ± s.e. over seeds)"
+                 + (f"\n{context}" if context else ""), fontsize=9)
+    return figures.save(fig, out_dir / "detection_over_training.png")

@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 
-def new_axes(width: float = 6.4) -> tuple[Any, Any]:
+def new_axes(width: float = 6.4, ncols: int = 1) -> tuple[Any, Any]:
     """A figure 4.4 inches high and at least 6.4 wide, at 120 dpi on the Agg canvas (no display
-    needed), and its one axes."""
+    needed), and its one axes (``ncols`` > 1: that many side by side, as an array)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(max(6.4, width), 4.4), dpi=120)
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    return fig, (fig.add_subplot() if ncols == 1 else fig.subplots(1, ncols))
 
 
 def mark_paired(ax: Any, ylabel: str, title: str, context: str = "") -> None:

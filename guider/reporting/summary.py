@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 from ..identity import is_setting_column, value_before_key
 from ..record import read_record
 from . import figures
-from .curves import curves_markdown, paired_curves, write_curves_figure
+from .curves import (curves_markdown, detection_curves, paired_curves, write_curves_figure,
+                     write_detection_figure)
 from .tables import fmt_diff as _fmt_diff
 from .tables import fmt_metric as _fmt_metric
 from .tables import fmt_value as _fmt_value
@@ -800,12 +801,18 @@ def summarize(folder: str | Path, out_dir: str | Path | None = None,
             md += curves_markdown(pairing, common, _valid_metric(runs))
     if len(runs):
         md += detection_markdown(summary, runs, varying)
+    traced = (detection_curves(runs, varying, folder)
+              if len(runs) and evaluation is None else pd.DataFrame())
+    if len(traced):
+        md += ("\nDetection over training (each run's history.csv, where the noise is known): "
+               "detection_curves.csv, figures/detection_over_training.png.\n")
     files = [out / "runs.csv", out / "summary.csv", out / "summary.md"]
-    if len(curves):
-        files.append(out / "paired_curves.csv")
-        io.write_text(files[-1], curves.to_csv(index=False))
-    elif (out / "paired_curves.csv").is_file():
-        (out / "paired_curves.csv").unlink()
+    for name, table in (("paired_curves.csv", curves), ("detection_curves.csv", traced)):
+        if len(table):
+            files.append(out / name)
+            io.write_text(files[-1], table.to_csv(index=False))
+        elif (out / name).is_file():
+            (out / name).unlink()
     io.write_text(files[0], runs.drop(columns=[c for c in runs.columns if c.startswith("cfg.")])
                   .to_csv(index=False))
     io.write_text(files[1], summary.to_csv(index=False))
@@ -820,4 +827,9 @@ def summarize(folder: str | Path, out_dir: str | Path | None = None,
         if pairing is not None and len(curves):
             files.append(write_curves_figure(pairing, curves, out / "figures",
                                              _valid_metric(runs), context))
+        old_trace = out / "figures" / "detection_over_training.png"
+        if len(traced):
+            files.append(write_detection_figure(traced, varying, out / "figures", context))
+        elif old_trace.is_file():
+            old_trace.unlink()
     return Summary(folder, runs, summary, varying, md, files, paired)
