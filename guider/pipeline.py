@@ -30,7 +30,7 @@ from .sizecheck import check_size
 from .training import check_resumable, fit
 from .record import RunRecord, failure_record, is_completed, read_record, write_record
 from .tracking import Tracker, make_tracker
-from .training.loop import write_history
+from .training.loop import noise_scores_of, write_history
 
 log = logging.getLogger("guider")
 
@@ -169,9 +169,7 @@ def detection(job: Job) -> dict | None:
     if not data.has_noise_labels:
         return None
     # the trivial scores and the degree bands are reported for every denoiser, `none` included
-    scores = job.denoiser.noise_scores()
-    if scores is None:  # a backbone that weights its own feedback (DA-MRS) may score instead
-        scores = job.model.noise_scores(data.train.users, data.train.items)
+    scores = noise_scores_of(job.denoiser, job.model, data)
     return detection_metrics(scores, job.denoiser.flagged(),
                              data.train_noise, data.train.users, data.train.items)
 

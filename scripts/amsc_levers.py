@@ -67,9 +67,8 @@ def centred_scores(users_e: torch.Tensor, items_e: torch.Tensor, users: torch.Te
     s = rowwise_dot(users_e, users, items_e, items)
     if how is None:
         return s
-    m_u, m_i = users_e.mean(0), items_e.mean(0)
     if how == "both":
-        return rowwise_dot(users_e - m_u, users, items_e - m_i, items)
+        return rowwise_dot(users_e - users_e.mean(0), users, items_e - items_e.mean(0), items)
     own, other, rows = (users_e, items_e, users) if how == "catalogue" else (items_e, users_e, items)
     m = other.mean(0)
     cov = torch.cov(other.T, correction=0)
@@ -120,8 +119,8 @@ def levers_of_run(run_dir: Path, data_dir: str | None,
         base = AMSCConfig()
     users, items = (torch.as_tensor(a, dtype=torch.long)
                     for a in (data.train.users, data.train.items))
-    # each model's own score of every training interaction (the teacher's breaks the cap's ties)
-    own = {"teacher": rowwise_dot(users_e, users, items_e, items)}
+    # the teacher's score of every training interaction breaks the per-user cap's ties
+    affinity = rowwise_dot(users_e, users, items_e, items)
     reps = {"teacher": (users_e, items_e), "student": student_e}
     rows = []
     settings = [(label, change, None) for label, change in LEVERS.items()] if guided else []
@@ -138,7 +137,7 @@ def levers_of_run(run_dir: Path, data_dir: str | None,
             amsc.cfg = replace(amsc.cfg, rho_max=rho)
             amsc.previous = None  # each share a first refresh (no score_ema across shares)
             # a model's own score goes through AMSC's own path for it (GUIDER's dbpr.flags=student)
-            c, flagged = amsc.refresh(items_e, epoch=10 ** 6, affinity=own["teacher"],
+            c, flagged = amsc.refresh(items_e, epoch=10 ** 6, affinity=affinity,
                                       scores=scores)
             det = detection_metrics(noise_scores(c), flagged.numpy(), data.train_noise,
                                     data.train.users, data.train.items)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -231,6 +232,11 @@ def test_trains_and_detects_noise_better_than_chance(tiny_cfg, tmp_path):
     assert metrics["status"] == "completed" and metrics["test"]["Recall@20"] > 0.1
     det = metrics["detection"]
     assert det["n_noisy"] > 0 and det["auc"] > 0.6
+    # its own scores are traced over training too (the same choice as metrics.json's, which
+    # scores the model restored to its best epoch)
+    history = pd.read_csv(tmp_path / "history.csv").set_index("epoch")
+    assert history["detect_auc"].between(0, 1).all()
+    assert history.loc[metrics["best_epoch"], "detect_auc"] == pytest.approx(det["auc"])
 
 
 def test_damrs_resume_matches_uninterrupted(tiny_cfg, tmp_path):

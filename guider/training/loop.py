@@ -87,6 +87,16 @@ class FitResult:
     seconds_previous: float = 0.0  # wall seconds of the earlier sessions of a resumed run
 
 
+def noise_scores_of(denoiser: Denoiser, model: Backbone, data: Interactions):
+    """The run's noise score of every training interaction (higher = more suspicious): the
+    denoiser's, else those of a backbone that weights its own feedback (DA-MRS); None if neither
+    has any. The one choice behind metrics.json's detection and history.csv's trace."""
+    scores = denoiser.noise_scores()
+    if scores is None:
+        scores = model.noise_scores(data.train.users, data.train.items)
+    return scores
+
+
 def write_history(run_dir: Path, history: list[dict]) -> None:
     """``history.csv``: one row per evaluation (epoch, mean training loss, valid metrics)."""
     import pandas as pd
@@ -129,6 +139,7 @@ class Trainer:
         # injected noise's labels, when known: each evaluation's history row follows the
         # denoiser's detection (detect_auc, detect_precision, detect_recall)
         self.noise_labels = data.train_noise if data.has_noise_labels else None
+        self.data = data
 
     # -- resume -------------------------------------------------------------------------------
 
@@ -211,8 +222,8 @@ class Trainer:
                          self.device)
         state.seconds_eval += time.perf_counter() - t1
         detect = ({} if self.noise_labels is None else
-                  detection_trace(self.denoiser.noise_scores(), self.denoiser.flagged(),
-                                  self.noise_labels))
+                  detection_trace(noise_scores_of(self.denoiser, self.model, self.data),
+                                  self.denoiser.flagged(), self.noise_labels))
         state.history.append({"epoch": epoch, "loss": epoch_loss, **valid, **detect})
         if self.on_eval is not None:  # a tracker (guider.tracking)
             self.on_eval(state.history[-1])
