@@ -578,6 +578,33 @@ def test_oracle_flags_are_the_labels_and_weight_what_the_switches_say(tiny_cfg, 
     assert len(seen) == 1 and torch.equal(seen[0], g.omega[:64])
 
 
+def test_imperfect_oracle_flags_have_the_recall_and_precision_asked_for(tiny_cfg):
+    from guider.denoise.oracle import imperfect_flags
+
+    labels = np.zeros(1000, dtype=bool)
+    labels[::5] = True  # 200 noisy, 800 clean
+    flags = imperfect_flags(labels, 0.4, 0.8, seed=3)
+    assert (flags & labels).sum() == 80 and (flags & ~labels).sum() == 20  # 80 / 100 = 0.8
+    assert np.array_equal(flags, imperfect_flags(labels, 0.4, 0.8, seed=3))
+    assert not np.array_equal(flags, imperfect_flags(labels, 0.4, 0.8, seed=4))
+    assert np.array_equal(imperfect_flags(labels, 1.0, 1.0, seed=3), labels)
+    with pytest.raises(ValueError, match="needs 1800 false flags, but only 800"):
+        imperfect_flags(labels, 1.0, 0.1, seed=0)
+    # in GUIDER: fixed from the first epoch, the flags the teacher's DBPR drops
+    job, g = switches(tiny_cfg, "denoise.dbpr.enabled=true", "denoise.dbpr.flags=oracle",
+                      "denoise.dbpr.oracle_recall=0.5", "denoise.dbpr.oracle_precision=0.5")
+    truth = job.data.train_noise
+    g.on_epoch(5)
+    hit, false = (g.flagged() & truth).sum(), (g.flagged() & ~truth).sum()
+    assert hit == round(0.5 * truth.sum()) and false == hit
+    assert np.array_equal(g.omega.numpy(), np.where(g.flagged(), 0.0, 1.0))
+    with pytest.raises(ValueError, match="shape the label flags only.*dbpr.flags=oracle"):
+        switches(tiny_cfg, "denoise.dbpr.enabled=true", "denoise.dbpr.oracle_recall=0.5")
+    with pytest.raises(ValueError, match=r"oracle_precision=0.0: must lie in \(0, 1\]"):
+        switches(tiny_cfg, "denoise.dbpr.enabled=true", "denoise.dbpr.flags=oracle",
+                 "denoise.dbpr.oracle_precision=0")
+
+
 def test_student_flags_are_the_students_lowest_scores_on_amscs_schedule(tiny_cfg):
     """dbpr.flags=student: at a refresh past the warm-up, I_false is the rho_max share of the
     training interactions the student (in evaluation mode) scores lowest, users with a single

@@ -44,6 +44,31 @@ def require_labels(data: Interactions, who: str = "denoise=oracle",
             f"dataset=synthetic (labelled by construction), or {otherwise}.")
 
 
+def imperfect_flags(labels: np.ndarray, recall: float, precision: float,
+                    seed: int) -> np.ndarray:
+    """Flags made from the noise labels with a chosen recall and precision: a random
+    round(recall x |noise|) of the labelled interactions, plus as many random clean ones as
+    bring the flagged set's precision to ``precision`` (round(k (1 - p) / p) of them). A
+    measurement of how good a detector must be, never a method. recall = precision = 1 gives
+    the labels themselves. Deterministic in ``seed``."""
+    labels = np.asarray(labels, dtype=bool)
+    if not (0.0 < recall <= 1.0 and 0.0 < precision <= 1.0):
+        raise ValueError(f"oracle flags: recall={recall} and precision={precision} must lie in "
+                         f"(0, 1]")
+    noisy, clean = np.flatnonzero(labels), np.flatnonzero(~labels)
+    k = int(round(recall * len(noisy)))
+    n_false = int(round(k * (1.0 - precision) / precision))
+    if n_false > len(clean):
+        raise ValueError(f"oracle flags: precision={precision} at recall={recall} needs "
+                         f"{n_false} false flags, but only {len(clean)} interactions are clean; "
+                         f"raise the precision or lower the recall")
+    rng = np.random.default_rng(seed)
+    flags = np.zeros(len(labels), dtype=bool)
+    flags[rng.choice(noisy, size=k, replace=False)] = True
+    flags[rng.choice(clean, size=n_false, replace=False)] = True
+    return flags
+
+
 @DENOISERS.register("oracle", OracleConfig)
 class Oracle(Denoiser):
     """Weight ``false_weight`` on labelled noise, 1 elsewhere; optionally no noisy graph edges."""

@@ -23,7 +23,7 @@ from ...backbones import BACKBONES, Backbone, BackboneConfig, build_backbone
 from ...data import Batch, Interactions
 from ...optim import make_adam
 from ..base import DENOISERS, Denoiser, DenoiseConfig, weighted_mean
-from ..oracle import require_labels
+from ..oracle import imperfect_flags, require_labels
 from .amsc import AMSC, AMSCConfig, rowwise_dot
 from .distill import Distiller, KDConfig
 
@@ -47,6 +47,11 @@ class DBPRConfig:
     # oracle (the injected-noise labels, fixed from the first epoch: a measurement ceiling of
     # the denoising parts, never a method; needs labels)
     flags: str = "amsc"
+    # flags=oracle only: flag a random share oracle_recall of the injected noise plus random
+    # clean interactions up to precision oracle_precision (how good must a detector be? a
+    # measurement, never a method); 1 and 1 are the labels themselves
+    oracle_recall: float = 1.0
+    oracle_precision: float = 1.0
 
 
 FLAG_SOURCES = ("amsc", "student", "oracle")
@@ -116,6 +121,16 @@ class GuiderConfig(DenoiseConfig):
         if self.dbpr.flags not in FLAG_SOURCES:
             raise ValueError(f"denoise.dbpr.flags={self.dbpr.flags!r}: choose "
                              f"{' or '.join(FLAG_SOURCES)}")
+        degraded = (self.dbpr.oracle_recall, self.dbpr.oracle_precision) != (1.0, 1.0)
+        if degraded and self.dbpr.flags != "oracle":
+            raise ValueError(f"denoise.dbpr.oracle_recall / oracle_precision "
+                             f"({self.dbpr.oracle_recall} / {self.dbpr.oracle_precision}) shape "
+                             f"the label flags only: add denoise.dbpr.flags=oracle (or "
+                             f"+experiment/variant=oracle_flags)")
+        for key in ("oracle_recall", "oracle_precision"):
+            if not 0.0 < getattr(self.dbpr, key) <= 1.0:
+                raise ValueError(f"denoise.dbpr.{key}={getattr(self.dbpr, key)}: must lie in "
+                                 f"(0, 1]")
         if not 0.0 <= self.dbpr.false_weight <= 1.0:
             raise ValueError(f"denoise.dbpr.false_weight={self.dbpr.false_weight}: must lie in "
                              f"[0, 1]")
@@ -187,7 +202,11 @@ class Guider(Denoiser):
         self.scores: torch.Tensor | None = None
         if self.oracle_flags:
             require_labels(data, "denoise.dbpr.flags=oracle", "keep denoise.dbpr.flags=amsc")
-            self.false_mask = torch.as_tensor(data.train_noise, dtype=torch.bool)
+            flags = (data.train_noise
+                     if (cfg.dbpr.oracle_recall, cfg.dbpr.oracle_precision) == (1.0, 1.0)
+                     else imperfect_flags(data.train_noise, cfg.dbpr.oracle_recall,
+                                          cfg.dbpr.oracle_precision, seed + 3))
+            self.false_mask = torch.as_tensor(flags, dtype=torch.bool)
             self.scores = (~self.false_mask).double()  # consistency: 0 for noise, 1 otherwise
             self.omega = self.omega_of(self.false_mask)
         self.teacher_graph_omega: torch.Tensor | None = None  # the omega the teacher's graph holds
