@@ -50,6 +50,65 @@ SIGNALS = [("teacher score", "teacher", False, None),
            ("student score vs the item's users", "student", False, "item"),
            ("student score, double-centred", "student", False, "both")]
 
+# signals from the items' content, for rare items, which a collaborative score knows little of
+# (label, function of (model, student representations, users, items, features))
+CONTENT_SIGNALS = ["student content score", "mean feature cosine to the user's other items",
+                   "student score + content score (z-sum)"]
+
+
+def content_score(model, users_e: torch.Tensor, users: torch.Tensor,
+                  items: torch.Tensor) -> torch.Tensor | None:
+    """The student's score of each (u, i) from i's content alone, e_u . sum_m W_m f_im: the
+    term FREEDOM-like backbones train beside the ID score (``mm_bpr``; the bias b_m never
+    enters their BPR, so it is left out). None for a backbone without such projections."""
+    from guider.denoise.guider.amsc import rowwise_dot
+
+    projections = getattr(model, "proj", None)
+    if not projections:
+        return None
+    s = torch.zeros(len(users))
+    with torch.no_grad():
+        for k, proj in enumerate(projections):
+            content = getattr(model, f"feat_{k}").float() @ proj.weight.float().T
+            s += rowwise_dot(users_e, users, content, items)
+    return s
+
+
+def feature_cosine(features: dict[str, torch.Tensor], users: torch.Tensor, items: torch.Tensor,
+                   n_users: int) -> torch.Tensor:
+    """Model-free content consistency: the mean cosine of i's features with those of each of
+    the user's other items (leave-one-out), summed over modalities; NaN for users with a single
+    interaction (nothing to compare with)."""
+    from guider.denoise.guider.amsc import rowwise_dot
+
+    s = torch.zeros(len(users))
+    count = torch.bincount(users, minlength=n_users).float()
+    for f in features.values():
+        f = torch.as_tensor(f).float()
+        f = f / f.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        total = torch.zeros(n_users, f.shape[1]).index_add_(0, users, f[items])
+        s += rowwise_dot(total, users, f, items) - 1.0  # minus i's own unit vector
+    s = s / (count[users] - 1)
+    s[count[users] < 2] = torch.nan
+    return s
+
+
+def zsum(*signals: torch.Tensor) -> torch.Tensor:
+    return sum((x - x.mean()) / x.std() for x in signals)
+
+
+def item_band_aucs(noise: np.ndarray, labels: np.ndarray, items: np.ndarray,
+                   n_items: int) -> dict[str, float | None]:
+    """The AUC within each fifth of the training interactions by their item's training degree
+    (rarest first): where a collaborative score knows the item least."""
+    from guider.evaluation.detection import detection_auc
+
+    degree = np.bincount(items, minlength=n_items)[items]
+    bounds = np.quantile(degree, [0.2, 0.4, 0.6, 0.8])
+    band = np.searchsorted(bounds, degree, side="right")
+    return {f"item q{b + 1}": detection_auc(noise[band == b], labels[band == b])
+            for b in range(5)}
+
 
 def centred_scores(users_e: torch.Tensor, items_e: torch.Tensor, users: torch.Tensor,
                    items: torch.Tensor, how: str | None) -> torch.Tensor:
@@ -126,9 +185,21 @@ def levers_of_run(run_dir: Path, data_dir: str | None,
     settings = [(label, change, None) for label, change in LEVERS.items()] if guided else []
     settings += [(label, {"per_user": per_user}, (who, how)) for label, who, per_user, how in SIGNALS
                  if guided or who == "student"]
+    own = content_score(job.model, student_e[0], users, items)
+    content = {"mean feature cosine to the user's other items":
+               feature_cosine(data.features, users, items, data.n_users)}
+    if own is not None:
+        content["student content score"] = own
+        content["student score + content score (z-sum)"] = zsum(
+            centred_scores(*student_e, users, items, None), own)
+    settings += [(label, {}, ("content", label)) for label in CONTENT_SIGNALS if label in content]
     for label, change, signal in settings:
-        scores = None if signal is None else centred_scores(*reps[signal[0]], users, items,
-                                                              signal[1])
+        if signal is None:
+            scores = None
+        elif signal[0] == "content":
+            scores = content[signal[1]]
+        else:
+            scores = centred_scores(*reps[signal[0]], users, items, signal[1])
         # one AMSC per setting (its kNN confidence, modality weights) serves every share: the
         # share enters only its schedule
         amsc = AMSC(replace(base, **change), data.features, data.train.users, data.train.items,
@@ -139,8 +210,11 @@ def levers_of_run(run_dir: Path, data_dir: str | None,
             # a model's own score goes through AMSC's own path for it (GUIDER's dbpr.flags=student)
             c, flagged = amsc.refresh(items_e, epoch=10 ** 6, affinity=affinity,
                                       scores=scores)
-            det = detection_metrics(noise_scores(c), flagged.numpy(), data.train_noise,
+            noise = noise_scores(c)
+            det = detection_metrics(noise, flagged.numpy(), data.train_noise,
                                     data.train.users, data.train.items)
+            item_bands = item_band_aucs(noise, np.asarray(data.train_noise, dtype=bool),
+                                        np.asarray(data.train.items), data.n_items)
             # bands with at least 20 noisy and 20 clean pairs (an AUC over fewer says little)
             band_aucs = {name: b["auc"] for name, b in (det.get("bands") or {}).items()
                          if b.get("auc") is not None and 20 <= b["n_noisy"] <= b["n"] - 20}
@@ -148,7 +222,7 @@ def levers_of_run(run_dir: Path, data_dir: str | None,
                          "lever": label, "rho": rho,
                          "auc": det["auc"], "band_auc": det.get("band_auc"),
                          "min_band_auc": min(band_aucs.values()) if band_aucs else None,
-                         **{f"band {k}": v for k, v in band_aucs.items()},
+                         **{f"band {k}": v for k, v in band_aucs.items()}, **item_bands,
                          "degree_auc": det.get("degree_auc"),
                          "popularity_auc": det.get("popularity_auc"),
                          "precision": det.get("precision"), "recall": det.get("recall"),
@@ -173,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.concat([levers_of_run(r, args.data_dir, rhos) for r in args.runs], ignore_index=True)
     pd.set_option("display.width", 200)
     cols = ["run", "teacher", "lever", "rho", "auc", "band_auc", "min_band_auc", "degree_auc",
-            "popularity_auc", "precision", "recall", "mean_w"]
+            "popularity_auc", "item q1", "item q5", "precision", "recall", "mean_w"]
     print(table[cols].round(3).to_string(index=False))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

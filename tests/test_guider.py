@@ -734,7 +734,10 @@ def test_amsc_levers_script_scores_a_saved_run(tiny_cfg, tmp_path):
     run(tiny_cfg(*GUIDER_FAST, "train.epochs=3"), tmp_path)
     table = script.levers_of_run(tmp_path, None)
     signals = [label for label, *_ in script.SIGNALS]
-    assert list(table["lever"]) == list(script.LEVERS) + signals
+    content = [label for label in script.CONTENT_SIGNALS if label in set(table["lever"])]
+    assert list(table["lever"]) == list(script.LEVERS) + signals + content
+    assert "mean feature cosine to the user's other items" in content
+    assert table[[f"item q{b}" for b in range(1, 6)]].notna().any(axis=None)
     assert table["auc"].between(0, 1).all() and table["auc"].nunique() > 1
     plain = table.set_index("lever")
     assert plain.loc["conf_floor=1 (content only, calibrated alpha)", "mean_w"] == 1.0
@@ -759,7 +762,9 @@ def test_amsc_levers_script_scores_a_saved_run(tiny_cfg, tmp_path):
     # any other run: the student's signals only
     run(tiny_cfg("train.epochs=2"), tmp_path / "none")
     other = script.levers_of_run(tmp_path / "none", None)
-    assert list(other["lever"]) == [label for label, who, *_ in script.SIGNALS if who == "student"]
+    student = [label for label, who, *_ in script.SIGNALS if who == "student"]
+    assert list(other["lever"])[:len(student)] == student
+    assert set(list(other["lever"])[len(student):]) <= set(script.CONTENT_SIGNALS)
 
 
 def test_amsc_levers_centred_scores_match_the_dense_block():
@@ -782,6 +787,56 @@ def test_amsc_levers_centred_scores_match_the_dense_block():
     for how, dense in ((None, S), ("catalogue", row), ("item", col), ("both", both)):
         got = script.centred_scores(U, V, users, items, how)
         assert got == pytest.approx(dense[users, items], abs=1e-5), how
+
+
+def test_amsc_levers_content_signals_on_a_hand_made_case():
+    """The content rows of scripts/amsc_levers.py: the mean cosine to the user's other items
+    (leave-one-out, summed over modalities, NaN for a single item), the student's content score
+    e_u . W f_i without the bias, and the AUC within fifths of item degree."""
+    import importlib.util
+
+    from torch import nn
+
+    from .conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("amsc_levers", REPO / "scripts" / "amsc_levers.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    f = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])  # unit rows: e1, e2, (e1 + e2) / sqrt 2
+    users, items = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2, 2])
+    got = script.feature_cosine({"text": f, "image": f}, users, items, n_users=2)
+    r = 1 / np.sqrt(2)
+    # user 0, item 0 (e1): cosines 0 with e2 and r with (e1 + e2)/sqrt 2, mean r / 2; item 2:
+    # r with each; two identical modalities double it
+    expected = 2 * np.array([r / 2, r / 2, r])
+    assert got[:3].numpy() == pytest.approx(expected, abs=1e-6)
+    assert torch.isnan(got[3])  # user 1 has a single item
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.ModuleList([nn.Linear(2, 3)])
+            self.register_buffer("feat_0", torch.tensor(f, dtype=torch.float32))
+
+    model = Model()
+    U = torch.randn(2, 3)
+    score = script.content_score(model, U, users, items)
+    W = model.proj[0].weight.detach()
+    want = (U[users] * (model.feat_0[items] @ W.T)).sum(-1)  # no bias
+    assert score == pytest.approx(want.numpy(), abs=1e-6)
+    assert script.content_score(nn.Module(), U, users, items) is None
+
+    # item fifths: item k has degree k + 1 (1..10 interactions, 55 in all)
+    item_of = np.repeat(np.arange(10), np.arange(1, 11))
+    labels = item_of < 3  # noise on the rarest items only
+    noise = -item_of.astype(float)
+    bands = script.item_band_aucs(noise, labels, item_of, n_items=10)
+    # the rarest fifth (degrees 1-5, 15 interactions) holds all the noise, ranked perfectly;
+    # the other fifths hold none: no AUC
+    assert bands == {"item q1": 1.0, "item q2": None, "item q3": None, "item q4": None,
+                     "item q5": None}
+    bands = script.item_band_aucs(-noise, labels, item_of, n_items=10)
+    assert bands["item q1"] == 0.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
