@@ -97,19 +97,6 @@ def zsum(*signals: torch.Tensor) -> torch.Tensor:
     return sum((x - x.mean()) / x.std() for x in signals)
 
 
-def item_band_aucs(noise: np.ndarray, labels: np.ndarray, items: np.ndarray,
-                   n_items: int) -> dict[str, float | None]:
-    """The AUC within each fifth of the training interactions by their item's training degree
-    (rarest first): where a collaborative score knows the item least."""
-    from guider.evaluation.detection import detection_auc
-
-    degree = np.bincount(items, minlength=n_items)[items]
-    bounds = np.quantile(degree, [0.2, 0.4, 0.6, 0.8])
-    band = np.searchsorted(bounds, degree, side="right")
-    return {f"item q{b + 1}": detection_auc(noise[band == b], labels[band == b])
-            for b in range(5)}
-
-
 def centred_scores(users_e: torch.Tensor, items_e: torch.Tensor, users: torch.Tensor,
                    items: torch.Tensor, how: str | None) -> torch.Tensor:
     """A model's score of each (u, i), set against what else it could have scored.
@@ -213,8 +200,7 @@ def levers_of_run(run_dir: Path, data_dir: str | None,
             noise = noise_scores(c)
             det = detection_metrics(noise, flagged.numpy(), data.train_noise,
                                     data.train.users, data.train.items)
-            item_bands = item_band_aucs(noise, np.asarray(data.train_noise, dtype=bool),
-                                        np.asarray(data.train.items), data.n_items)
+            item_bands = {f"item {q}": b.get("auc") for q, b in det["item_bands"].items()}
             # bands with at least 20 noisy and 20 clean pairs (an AUC over fewer says little)
             band_aucs = {name: b["auc"] for name, b in (det.get("bands") or {}).items()
                          if b.get("auc") is not None and 20 <= b["n_noisy"] <= b["n"] - 20}

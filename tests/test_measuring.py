@@ -15,7 +15,7 @@ from guider.data import Interactions, Split, inject_noise
 from guider.data.noise import per_user_counts
 from guider.data.sampling import Batch
 from guider.evaluation.detection import (band_labels, degree_band, detection_auc,
-                                         detection_metrics, stratified_auc)
+                                         detection_metrics, item_fifth, stratified_auc)
 from guider.pipeline import prepare, run
 
 
@@ -136,6 +136,29 @@ def test_degree_and_popularity_auc_hand_worked():
     assert out["bands"]["1"]["degree_auc"] == pytest.approx(0.5)
     assert out["degree_band_auc"] == pytest.approx(0.5)
     assert "auc" not in out and "band_auc" not in out
+
+
+def test_item_fifths_hand_worked():
+    # item k has training degree k + 1 (1..10 interactions, 55 in all); the 0.2 quantile of the
+    # interactions' item degrees is 5 (the 11th and 12th smallest), so the rarest fifth holds
+    # degrees 1-4 (10 interactions); the noise sits on items of degree 1-3 (6 interactions)
+    items = np.repeat(np.arange(10), np.arange(1, 11))
+    users = np.arange(len(items))
+    labels = items < 3
+    fifth, bounds = item_fifth(np.bincount(items)[items])
+    assert bounds[0] == 5.0 and (fifth == 0).sum() == 10
+    scores = np.where(labels, 1.0, 0.0)
+    scores[items == 3] = 2.0  # item 3 (clean, degree 4) scored above the noise
+    out = detection_metrics(scores, None, labels, users, items)
+    q1 = out["item_bands"]["q1"]
+    assert (q1["n"], q1["n_noisy"]) == (10, 6)
+    assert q1["auc"] == 0.0  # every clean pair of the fifth outranks the noise
+    # popularity inside the rarest fifth: noisy degrees 1-3 against clean 4: every pair right
+    assert q1["popularity_auc"] == 1.0
+    assert out["item_band_auc"] == 0.0 and out["popularity_band_auc"] == 1.0  # one fifth holds both
+    assert out["item_bands"]["q2"]["auc"] is None  # no noise above the rarest fifth
+    assert detection_metrics(None, None, labels, users, items)["item_bands"]["q1"].keys() == \
+        {"n", "n_noisy", "popularity_auc"}
 
 
 def test_band_precision_recall_hand_worked():

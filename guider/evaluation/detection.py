@@ -14,8 +14,15 @@ detects it well. Next to the overall AUC every run therefore reports
   mean of the within-band AUCs. A score that only knows the user's degree gets little from it
   (``degree_band_auc`` says how much: degrees still differ inside a band).
 
+The same on the item side, where uniform noise piles up too (a random item is most often a
+rare one): ``item_bands``, per fifth of the training interactions by their item's training
+degree (``q1`` the rarest), the count, the noise count, the AUC of the denoiser's score and of
+the popularity score within the fifth; ``item_band_auc`` / ``popularity_band_auc`` the pair-
+weighted AUC within fifths of the score / of the popularity score.
+
 A denoiser whose ``auc`` is below ``degree_auc``, or whose ``band_auc`` is not above
-``degree_band_auc``, has shown no detection beyond what the degree alone gives.
+``degree_band_auc`` (``item_band_auc`` above ``popularity_band_auc``), has shown no detection
+beyond what the degree (the popularity) alone gives.
 """
 
 from __future__ import annotations
@@ -28,6 +35,18 @@ from scipy.stats import rankdata
 # users of the usual sets lie and where the uniform sampler puts most of the noise: within a band
 # of one degree the degree score is constant, so it cannot help there.
 DEGREE_BANDS = (1, 2, 3, 5, 10, 20, 50, 100)
+
+
+# the item side: fifths of the training interactions by their item's training degree
+ITEM_QUANTILES = (0.2, 0.4, 0.6, 0.8)
+
+
+def item_fifth(item_degree: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """Fifth of each training interaction by its item's degree (0 = the rarest items) and the
+    degree quantiles that bound them; an interaction whose degree equals a bound goes above it,
+    so one degree never straddles two fifths (a fifth may hold more or less than a fifth)."""
+    bounds = np.quantile(np.asarray(item_degree, dtype=np.float64), ITEM_QUANTILES)
+    return np.searchsorted(bounds, item_degree, side="right"), [float(b) for b in bounds]
 
 
 def detection_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -141,4 +160,19 @@ def detection_metrics(scores: np.ndarray | None, flagged: np.ndarray | None,
             row.update(_precision_recall(flagged[m], labels[m]))
         bands[name] = row
     out["bands"] = bands
+    fifth, item_bounds = item_fifth(item_deg)
+    popularity = -item_deg.astype(np.float64)
+    out["item_band_bounds"] = item_bounds
+    out["popularity_band_auc"] = stratified_auc(popularity, labels, fifth)
+    if scores is not None:
+        out["item_band_auc"] = stratified_auc(scores, labels, fifth)
+    item_bands = {}
+    for b in range(len(ITEM_QUANTILES) + 1):
+        m = fifth == b
+        row = {"n": int(m.sum()), "n_noisy": int(labels[m].sum())}
+        if scores is not None:
+            row["auc"] = detection_auc(scores[m], labels[m])
+        row["popularity_auc"] = detection_auc(popularity[m], labels[m])
+        item_bands[f"q{b + 1}"] = row
+    out["item_bands"] = item_bands
     return out

@@ -373,6 +373,8 @@ DETECTION_METRICS = (
     ("detection.degree_auc", "degree-only AUC"),
     ("detection.degree_band_auc", "degree-only band AUC"),
     ("detection.popularity_auc", "popularity-only AUC"),
+    ("detection.item_band_auc", "item-band AUC"),
+    ("detection.popularity_band_auc", "popularity-only item-band AUC"),
     ("detection.precision", "precision"),
     ("detection.recall", "recall"),
 )
@@ -615,7 +617,9 @@ def detection_markdown(summary: pd.DataFrame, runs: pd.DataFrame, group_keys: li
         "Mean ± std over seeds. *band AUC*: the AUC over (noisy, clean) pairs whose users fall in "
         "the same training-degree band; *degree-only* / *popularity-only*: the AUC of the trivial "
         "scores \"the user has few training items\" / \"the item has few training "
-        "interactions\". A denoiser shows detection beyond the trivial scores only where its AUC "
+        "interactions\"; *item-band AUC*: the AUC over pairs whose items fall in the same fifth "
+        "of item training degree (the popularity-only one: what popularity still gives there). "
+        "A denoiser shows detection beyond the trivial scores only where its AUC "
         "beats them. The last columns: the AUC within each band of user training degree n_u (mean over "
         "seeds).",
         "", markdown_table(headers, rows)]) + "\n"
