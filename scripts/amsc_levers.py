@@ -11,7 +11,10 @@ one could flag with (``SIGNALS``): the teacher's and the student's own score of 
 (low = suspicious; the small-loss idea of T-CE, read off a model), raw and standardised within
 each user, and the student's set against what else it could have scored (``centred_scores``:
 along the user's row of the catalogue, along the item's column of users, double-centred), each
-flagging its lowest rho_max share as AMSC would. ``--rho 0.05,0.1,0.2`` measures
+flagging its lowest rho_max share as AMSC would; and content signals (``CONTENT_SIGNALS``: the
+student's content score e_u . W f_i where its backbone has one, the mean feature cosine to the
+user's other items, ID + content standardised), with every row's AUC within fifths of item
+degree (``item q1`` the rarest). ``--rho 0.05,0.1,0.2`` measures
 every row at each of these flagged shares instead of the run's rho_max (the AUCs do not depend on
 it; the flagged set's precision and recall do: how many flags a detector can afford).
 
@@ -51,7 +54,7 @@ SIGNALS = [("teacher score", "teacher", False, None),
            ("student score, double-centred", "student", False, "both")]
 
 # signals from the items' content, for rare items, which a collaborative score knows little of
-# (label, function of (model, student representations, users, items, features))
+# (labels; computed in levers_of_run, the student's content score only where its backbone has one)
 CONTENT_SIGNALS = ["student content score", "mean feature cosine to the user's other items",
                    "student score + content score (z-sum)"]
 
