@@ -21,8 +21,8 @@ the popularity score within the fifth; ``item_band_auc`` / ``popularity_band_auc
 weighted AUC within fifths of the score / of the popularity score.
 
 A denoiser whose ``auc`` is below ``degree_auc``, or whose ``band_auc`` is not above
-``degree_band_auc`` (``item_band_auc`` above ``popularity_band_auc``), has shown no detection
-beyond what the degree (the popularity) alone gives.
+``degree_band_auc``, has shown no detection beyond what the user's degree alone gives; one whose
+``item_band_auc`` is not above ``popularity_band_auc``, none beyond the item's popularity.
 """
 
 from __future__ import annotations
