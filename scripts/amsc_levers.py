@@ -83,14 +83,15 @@ def feature_cosine(features: dict[str, torch.Tensor], users: torch.Tensor, items
     the user's other items (leave-one-out), summed over modalities; NaN for users with a single
     interaction (nothing to compare with)."""
     from guider.denoise.guider.amsc import rowwise_dot
+    from guider.graphs import unit_rows
 
     s = torch.zeros(len(users))
     count = torch.bincount(users, minlength=n_users).float()
     for f in features.values():
-        f = torch.as_tensor(f).float()
-        f = f / f.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        f = unit_rows(torch.as_tensor(f))  # a missing (all-zero) row stays zero
         total = torch.zeros(n_users, f.shape[1]).index_add_(0, users, f[items])
-        s += rowwise_dot(total, users, f, items) - 1.0  # minus i's own unit vector
+        # minus i's own term: 1 for a unit row, 0 for a missing one
+        s += rowwise_dot(total, users, f, items) - rowwise_dot(f, items, f, items)
     s = s / (count[users] - 1)
     s[count[users] < 2] = torch.nan
     return s

@@ -811,6 +811,11 @@ def test_amsc_levers_content_signals_on_a_hand_made_case():
     expected = 2 * np.array([r / 2, r / 2, r])
     assert got[:3].numpy() == pytest.approx(expected, abs=1e-6)
     assert torch.isnan(got[3])  # user 1 has a single item
+    # a missing (all-zero) feature row: no cosine with anything, and no self term to remove
+    holed = f.copy()
+    holed[1] = 0.0
+    got = script.feature_cosine({"text": holed}, users, items, n_users=2)
+    assert got[:3].numpy() == pytest.approx([r / 2, 0.0, r / 2], abs=1e-6)
 
     class Model(nn.Module):
         def __init__(self):

@@ -202,10 +202,9 @@ class Guider(Denoiser):
         self.scores: torch.Tensor | None = None
         if self.oracle_flags:
             require_labels(data, "denoise.dbpr.flags=oracle", "keep denoise.dbpr.flags=amsc")
-            flags = (data.train_noise
-                     if (cfg.dbpr.oracle_recall, cfg.dbpr.oracle_precision) == (1.0, 1.0)
-                     else imperfect_flags(data.train_noise, cfg.dbpr.oracle_recall,
-                                          cfg.dbpr.oracle_precision, seed + 3))
+            # the labels themselves at recall = precision = 1
+            flags = imperfect_flags(data.train_noise, cfg.dbpr.oracle_recall,
+                                    cfg.dbpr.oracle_precision, seed + 3)
             self.false_mask = torch.as_tensor(flags, dtype=torch.bool)
             self.scores = (~self.false_mask).double()  # consistency: 0 for noise, 1 otherwise
             self.omega = self.omega_of(self.false_mask)
