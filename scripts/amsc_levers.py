@@ -13,10 +13,12 @@ each user, and the student's set against what else it could have scored (``centr
 along the user's row of the catalogue, along the item's column of users, double-centred), each
 flagging its lowest rho_max share as AMSC would; and content signals (``CONTENT_SIGNALS``: the
 student's content score e_u . W f_i where its backbone has one, the mean feature cosine to the
-user's other items, ID + content standardised), with every row's AUC within fifths of item
-degree (``item q1`` the rarest). ``--rho 0.05,0.1,0.2`` measures
-every row at each of these flagged shares instead of the run's rho_max (the AUCs do not depend on
-it; the flagged set's precision and recall do: how many flags a detector can afford).
+user's other items, raw or centred, ID + content standardised, ID + the item's popularity
+standardised), with every row's AUC within fifths of item degree (``item q1`` the rarest).
+``--only student,centred`` keeps the rows whose label has one of those words; ``--rho
+0.05,0.1,0.2`` measures every row at each of these flagged shares instead of the run's rho_max
+(the AUCs do not depend on it; the flagged set's precision and recall do: how many flags a
+detector can afford).
 
     python scripts/amsc_levers.py <run folder> [<run folder> ...] --data-dir ../shared/data \
         --out docs/results/amsc_levers.csv
@@ -56,7 +58,9 @@ SIGNALS = [("teacher score", "teacher", False, None),
 # signals from the items' content, for rare items, which a collaborative score knows little of
 # (labels; computed in levers_of_run, the student's content score only where its backbone has one)
 CONTENT_SIGNALS = ["student content score", "mean feature cosine to the user's other items",
-                   "student score + content score (z-sum)"]
+                   "mean feature cosine, centred features",
+                   "student score + content score (z-sum)",
+                   "student score + item popularity (z-sum)"]
 
 
 def content_score(model, users_e: torch.Tensor, users: torch.Tensor,
@@ -78,17 +82,19 @@ def content_score(model, users_e: torch.Tensor, users: torch.Tensor,
 
 
 def feature_cosine(features: dict[str, torch.Tensor], users: torch.Tensor, items: torch.Tensor,
-                   n_users: int) -> torch.Tensor:
+                   n_users: int, centre: bool = False) -> torch.Tensor:
     """Model-free content consistency: the mean cosine of i's features with those of each of
     the user's other items (leave-one-out), summed over modalities; NaN for users with a single
-    interaction (nothing to compare with)."""
+    interaction (nothing to compare with). ``centre``: the features centred first (the mean
+    present row subtracted, ``graphs.centred_unit``, as AMSC compares them), which removes the
+    direction every pretrained feature shares."""
     from guider.denoise.guider.amsc import rowwise_dot
-    from guider.graphs import unit_rows
+    from guider.graphs import centred_unit, unit_rows
 
     s = torch.zeros(len(users))
     count = torch.bincount(users, minlength=n_users).float()
     for f in features.values():
-        f = unit_rows(torch.as_tensor(f))  # a missing (all-zero) row stays zero
+        f = (centred_unit if centre else unit_rows)(torch.as_tensor(f))  # a missing row stays 0
         total = torch.zeros(n_users, f.shape[1]).index_add_(0, users, f[items])
         # minus i's own term: 1 for a unit row, 0 for a missing one
         s += rowwise_dot(total, users, f, items) - rowwise_dot(f, items, f, items)
@@ -99,6 +105,13 @@ def feature_cosine(features: dict[str, torch.Tensor], users: torch.Tensor, items
 
 def zsum(*signals: torch.Tensor) -> torch.Tensor:
     return sum((x - x.mean()) / x.std() for x in signals)
+
+
+def item_popularity(items: torch.Tensor, n_items: int) -> torch.Tensor:
+    """log(1 + the item's training degree) of each interaction: high = popular, the trivial
+    detector's score with its sign turned (random noise lands on rare items more often than real
+    interactions do), to add to a model's score."""
+    return torch.log1p(torch.bincount(items, minlength=n_items).float())[items]
 
 
 def centred_scores(users_e: torch.Tensor, items_e: torch.Tensor, users: torch.Tensor,
@@ -135,8 +148,8 @@ def noise_scores(c: torch.Tensor) -> np.ndarray:
     return (-c).numpy()
 
 
-def levers_of_run(run_dir: Path, data_dir: str | None,
-                  rhos: list[float] | None = None) -> pd.DataFrame:
+def levers_of_run(run_dir: Path, data_dir: str | None, rhos: list[float] | None = None,
+                  only: list[str] | None = None) -> pd.DataFrame:
     from guider.config import register_schemas
     from guider.denoise.guider.amsc import AMSC, AMSCConfig, rowwise_dot
     from guider.evaluation.detection import detection_metrics
@@ -177,13 +190,19 @@ def levers_of_run(run_dir: Path, data_dir: str | None,
     settings += [(label, {"per_user": per_user}, (who, how)) for label, who, per_user, how in SIGNALS
                  if guided or who == "student"]
     own = content_score(job.model, student_e[0], users, items)
+    student_score = centred_scores(*student_e, users, items, None)
     content = {"mean feature cosine to the user's other items":
-               feature_cosine(data.features, users, items, data.n_users)}
+               feature_cosine(data.features, users, items, data.n_users),
+               "mean feature cosine, centred features":
+               feature_cosine(data.features, users, items, data.n_users, centre=True),
+               "student score + item popularity (z-sum)":
+               zsum(student_score, item_popularity(items, data.n_items))}
     if own is not None:
         content["student content score"] = own
-        content["student score + content score (z-sum)"] = zsum(
-            centred_scores(*student_e, users, items, None), own)
+        content["student score + content score (z-sum)"] = zsum(student_score, own)
     settings += [(label, {}, ("content", label)) for label in CONTENT_SIGNALS if label in content]
+    if only:
+        settings = [s for s in settings if any(word in s[0] for word in only)]
     for label, change, signal in settings:
         if signal is None:
             scores = None
@@ -229,12 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--rho", default=None, metavar="R1,R2,...",
                         help="flagged shares to measure each row at (default: the run's rho_max)")
+    parser.add_argument("--only", default=None, metavar="WORD1,WORD2,...",
+                        help="measure only the rows whose label contains one of these words "
+                             "(e.g. 'student score' or 'centred'): faster")
     args = parser.parse_args(argv)
+    only = [w for w in args.only.split(",") if w] if args.only else None
     rhos = [float(r) for r in args.rho.split(",")] if args.rho else None
     if rhos and not all(0 < r < 1 for r in rhos):
         parser.error(f"--rho {args.rho}: each share must be in (0, 1)")
     torch.set_num_threads(1)
-    table = pd.concat([levers_of_run(r, args.data_dir, rhos) for r in args.runs], ignore_index=True)
+    table = pd.concat([levers_of_run(r, args.data_dir, rhos, only) for r in args.runs], ignore_index=True)
     pd.set_option("display.width", 200)
     cols = ["run", "teacher", "lever", "rho", "auc", "band_auc", "min_band_auc", "degree_auc",
             "popularity_auc", "item q1", "item q5", "precision", "recall", "mean_w"]

@@ -759,6 +759,11 @@ def test_amsc_levers_script_scores_a_saved_run(tiny_cfg, tmp_path):
     student = by_rho[by_rho["lever"] == "student score"].set_index("rho")
     assert student["auc"].tolist() == pytest.approx([plain.loc["student score", "auc"]] * 2)
     assert 0 < student.loc[0.05, "n_flagged"] < student.loc[0.2, "n_flagged"]
+    # --only: the rows whose label has one of the words, the same numbers
+    some = script.levers_of_run(tmp_path, None, only=["centred"]).set_index("lever")
+    assert list(some.index) == ["student score, double-centred",
+                                "mean feature cosine, centred features"]
+    assert some["auc"].tolist() == pytest.approx(plain.loc[some.index, "auc"].tolist())
     # any other run: the student's signals only
     run(tiny_cfg("train.epochs=2"), tmp_path / "none")
     other = script.levers_of_run(tmp_path / "none", None)
@@ -816,6 +821,14 @@ def test_amsc_levers_content_signals_on_a_hand_made_case():
     holed[1] = 0.0
     got = script.feature_cosine({"text": holed}, users, items, n_users=2)
     assert got[:3].numpy() == pytest.approx([r / 2, 0.0, r / 2], abs=1e-6)
+    # centred first: the mean row (4/3, 5/3) subtracted leaves (-1, -5)/3, (-4, 1)/3, (5, 4)/3
+    ab, ac, bc = -1 / np.sqrt(26 * 17), -25 / np.sqrt(26 * 41), -16 / np.sqrt(17 * 41)
+    got = script.feature_cosine({"text": f}, users, items, n_users=2, centre=True)
+    assert got[:3].numpy() == pytest.approx([(ab + ac) / 2, (ab + bc) / 2, (ac + bc) / 2],
+                                            abs=1e-6)
+    # the item's popularity: log(1 + its training degree), items 0 and 1 once, item 2 twice
+    assert script.item_popularity(items, 3).numpy() == pytest.approx(
+        np.log([2.0, 2.0, 3.0, 3.0]), abs=1e-6)
 
     class Model(nn.Module):
         def __init__(self):
