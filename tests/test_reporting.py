@@ -830,3 +830,61 @@ def test_detection_over_training_hand_worked(tmp_path):
     summarize(root)
     assert not (root / "detection_curves.csv").exists()
     assert not (root / "figures" / "detection_over_training.png").exists()
+
+
+def test_a_configuration_as_the_reference_hand_worked(tmp_path, capsys):
+    """--reference 'guider denoise.amsc.rho_max=0.1': a lever against the setting it would
+    replace, seed by seed. The flags at rho 0.2 (0.28, 0.30) against those at 0.1 (0.25, 0.26):
+    +0.03, +0.04; a key the reference leaves unnamed (student_dbpr) stays at its default; a key
+    every candidate sets (dbpr.enabled) is kept as set; an ambiguous or unknown setting is an
+    error that says what to name."""
+    from guider.reporting.summarize_cli import main as summarize_main
+    from guider.reporting.summary import parse_reference
+
+    root = tmp_path / "sweep"
+    flags = ("denoise.dbpr.enabled=true",)
+    runs = {"none": ((), [0.20, 0.22]),
+            "r01": ((*flags, "denoise.amsc.rho_max=0.1"), [0.25, 0.26]),
+            "r02": ((*flags, "denoise.amsc.rho_max=0.2"), [0.28, 0.30]),
+            "r01sd": ((*flags, "denoise.amsc.rho_max=0.1", "denoise.student_dbpr=true"),
+                      [0.24, 0.24])}
+    for name, (overrides, values) in runs.items():
+        for seed, recall in enumerate(values):
+            make_run(root, f"{name}-{seed}", denoise="none" if name == "none" else "guider",
+                     ratio=0.2, seed=seed, recall=recall, extra_overrides=overrides)
+    result = summarize(root, tmp_path / "out", reference="guider denoise.amsc.rho_max=0.1")
+    table = result.paired.table
+    assert "## Paired differences to denoise=guider denoise.amsc.rho_max=0.1" in result.markdown
+    row = table[table["denoise.amsc.rho_max"].astype(str) == "0.2"].iloc[0]
+    assert row["pairs"] == 2 and row["test.Recall@20 diff"] == pytest.approx(0.035)
+    assert row["test.Recall@20 se"] == pytest.approx(0.005)
+    sd = table[table["denoise.student_dbpr"].astype(str).str.lower() == "true"].iloc[0]
+    assert sd["test.Recall@20 diff"] == pytest.approx(-0.015)  # not its own reference
+    plain = table[table["denoise"] == "none"].iloc[0]
+    assert plain["test.Recall@20 diff"] == pytest.approx(-0.045)
+    assert len(table) == 3  # every configuration but the reference's
+    # the student_dbpr runs picked by naming the key
+    other = summarize(root, tmp_path / "out2",
+                      reference="guider denoise.amsc.rho_max=0.1 denoise.student_dbpr=true")
+    row = other.paired.table[other.paired.table["denoise.amsc.rho_max"].astype(str) == "0.2"]
+    assert row["test.Recall@20 diff"].item() == pytest.approx(0.05)
+    # a setting no run has, a setting that is not the denoiser's, a malformed one
+    for bad, words in (("guider denoise.kd.tau=2", "no run in this folder has a setting"),
+                       ("guider seed=0", "not a denoiser's setting"),
+                       ("guider rho", "is not key=value"),
+                       ("rho=0.1", "start with a denoiser's name")):
+        with pytest.raises(SystemExit):
+            summarize_main([str(root), "--out", str(tmp_path / "bad"), "--reference", bad,
+                            "--quiet"])
+        assert words in capsys.readouterr().err, bad
+    assert parse_reference("guider  variant=x a.b=1") == ("guider", {"variant": "x", "a.b": "1"})
+    # two configurations left, neither at the default of the key they differ in: an error
+    for flags in ("student", "oracle"):
+        make_run(root, f"r03{flags}-0", denoise="guider", ratio=0.2, seed=0, recall=0.3,
+                 extra_overrides=(f"denoise.dbpr.flags={flags}", "denoise.amsc.rho_max=0.3"))
+    with pytest.raises(ValueError, match="matches 2 configurations"):
+        summarize(root, tmp_path / "out3", reference="guider denoise.amsc.rho_max=0.3")
+    picked = summarize(root, tmp_path / "out4",
+                       reference="guider denoise.amsc.rho_max=0.3 denoise.dbpr.flags=oracle")
+    row = picked.paired.table[picked.paired.table["denoise.dbpr.flags"] == "student"]
+    assert row["test.Recall@20 diff"].item() == pytest.approx(0.0)

@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="sweep folder (searched recursively for runs)")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the folder)")
     parser.add_argument("--reference", default="none",
-                        help="denoiser that paired differences are taken against (default: none)")
+                        help="denoiser that paired differences are taken against (default: none); "
+                             "settings after its name pick one of its configurations: "
+                             "'guider variant=student_flags denoise.amsc.rho_max=0.1'")
     parser.add_argument("--reference-backbone", default=None, metavar="BACKBONE",
                         help="pair across models: every run against --reference on this backbone "
                              "(e.g. backbone=damrs against lightgcn with denoise=none)")
@@ -39,8 +41,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from .summary import summarize
 
-    result = summarize(args.folder, args.out, reference=args.reference,
-                       evaluation=args.evaluation, reference_backbone=args.reference_backbone)
+    from .summary import parse_reference
+
+    try:
+        parse_reference(args.reference)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        result = summarize(args.folder, args.out, reference=args.reference,
+                           evaluation=args.evaluation, reference_backbone=args.reference_backbone)
+    except ValueError as e:
+        if "--reference" not in str(e):
+            raise
+        parser.error(str(e))
     if not args.quiet:
         print(result.markdown)
     for path in result.files:

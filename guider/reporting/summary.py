@@ -409,6 +409,36 @@ def pairing_label(reference: str, reference_backbone: str | None = None) -> str:
                                      if reference_backbone is not None else "")
 
 
+def parse_reference(reference: str) -> tuple[str, dict[str, str]]:
+    """``--reference``: a denoiser's name, optionally followed by the settings (summary columns,
+    ``key=value``) that pick one of its configurations as the reference, e.g.
+    ``"guider variant=student_flags denoise.amsc.rho_max=0.1"``: a lever against the setting it
+    would replace, seed by seed."""
+    name, *rest = reference.split() or [""]
+    if not name or "=" in name:
+        raise ValueError(f"--reference {reference!r}: start with a denoiser's name (none, oracle, "
+                         "guider, ...), then any key=value settings")
+    settings = {}
+    for token in rest:
+        key, sep, value = token.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--reference {reference!r}: {token!r} is not key=value")
+        settings[key] = value
+    return name, settings
+
+
+def _matches(value: Any, text: str) -> bool:
+    """Whether a run's setting equals ``text`` as typed on the command line."""
+    if _missing(value):
+        return text.lower() in ("", "null", "none")
+    if isinstance(value, bool) or text.lower() in ("true", "false"):
+        return str(value).lower() == text.lower()
+    try:
+        return float(value) == float(text)
+    except (TypeError, ValueError):
+        return str(value) == text
+
+
 def _at_default(denoiser: str, column: str, value: Any) -> bool:
     """Whether a run's ``column`` (``denoise.<key>``, or ``variant``) leaves the denoiser
     ``denoiser`` at its registered default: the value is missing or equals the schema's."""
@@ -506,12 +536,32 @@ def pair_runs(runs: pd.DataFrame, group_keys: list[str], reference: str = "none"
     def key_of(row: pd.Series) -> tuple:
         return tuple("" if _missing(row.get(c)) else repr(row.get(c)) for c in pair_cols)
 
-    is_ref = runs["denoise"].astype(str) == reference
+    name, settings = parse_reference(reference)
+    is_ref = runs["denoise"].astype(str) == name
     if reference_backbone is not None:
         is_ref &= runs["backbone"].astype(str) == reference_backbone
+    for col, text in settings.items():
+        if col not in runs:
+            raise ValueError(f"--reference {reference!r}: no run in this folder has a setting "
+                             f"{col!r}; the settings that vary: {', '.join(den)}")
+        if col in base or col == "seed":
+            raise ValueError(f"--reference {reference!r}: {col!r} is not a denoiser's setting; "
+                             "runs are paired across it (--reference-backbone pairs across "
+                             "models)")
+        is_ref &= runs[col].map(lambda v, text=text: _matches(v, text))
     for col in den:  # the plain reference: each of its denoiser keys unset or at its default
-        if col not in ("denoise", "backbone"):
-            is_ref &= runs[col].map(lambda v, col=col: _at_default(reference, col, v))
+        if col in ("denoise", "backbone") or col in settings:
+            continue
+        at_default = runs[col].map(lambda v, col=col: _at_default(name, col, v))
+        if not settings or (is_ref & at_default).any():
+            # with settings, a key they do not name stays at its default where a run has it
+            # so (a variant's own keys, e.g. dbpr.enabled=true, are kept as the variant set them)
+            is_ref &= at_default
+    if settings:
+        chosen = runs.loc[is_ref, den].drop_duplicates()
+        if len(chosen) > 1:
+            raise ValueError(f"--reference {reference!r} matches {len(chosen)} configurations; "
+                             "name more settings to pick one:\n" + chosen.to_string(index=False))
     refs = runs[is_ref]
     others = runs[~is_ref]  # with a variant as reference, its plain form is compared too
     if not len(refs) or not len(others):
