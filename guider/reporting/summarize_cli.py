@@ -39,9 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.folder.is_dir():
         parser.error(f"no such folder: {args.folder}")
 
-    from .summary import summarize
-
-    from .summary import parse_reference
+    from .summary import parse_reference, summarize
 
     try:
         parse_reference(args.reference)
