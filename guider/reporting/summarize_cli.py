@@ -39,18 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.folder.is_dir():
         parser.error(f"no such folder: {args.folder}")
 
-    from .summary import parse_reference, summarize
+    from .summary import BadReference, parse_reference, summarize
 
     try:
-        parse_reference(args.reference)
-    except ValueError as e:
-        parser.error(str(e))
-    try:
+        parse_reference(args.reference)  # a malformed one even where the folder holds no run
         result = summarize(args.folder, args.out, reference=args.reference,
                            evaluation=args.evaluation, reference_backbone=args.reference_backbone)
-    except ValueError as e:
-        if "--reference" not in str(e):
-            raise
+    except BadReference as e:
         parser.error(str(e))
     if not args.quiet:
         print(result.markdown)

@@ -409,6 +409,10 @@ def pairing_label(reference: str, reference_backbone: str | None = None) -> str:
                                      if reference_backbone is not None else "")
 
 
+class BadReference(ValueError):
+    """A ``--reference`` that names no single configuration of the folder's runs."""
+
+
 def parse_reference(reference: str) -> tuple[str, dict[str, str]]:
     """``--reference``: a denoiser's name, optionally followed by the settings (summary columns,
     ``key=value``) that pick one of its configurations as the reference, e.g.
@@ -416,13 +420,13 @@ def parse_reference(reference: str) -> tuple[str, dict[str, str]]:
     would replace, seed by seed."""
     name, *rest = reference.split() or [""]
     if not name or "=" in name:
-        raise ValueError(f"--reference {reference!r}: start with a denoiser's name (none, oracle, "
+        raise BadReference(f"--reference {reference!r}: start with a denoiser's name (none, oracle, "
                          "guider, ...), then any key=value settings")
     settings = {}
     for token in rest:
         key, sep, value = token.partition("=")
         if not sep or not key:
-            raise ValueError(f"--reference {reference!r}: {token!r} is not key=value")
+            raise BadReference(f"--reference {reference!r}: {token!r} is not key=value")
         settings[key] = value
     return name, settings
 
@@ -431,12 +435,18 @@ def _matches(value: Any, text: str) -> bool:
     """Whether a run's setting equals ``text`` as typed on the command line."""
     if _missing(value):
         return text.lower() in ("", "null", "none")
-    if isinstance(value, bool) or text.lower() in ("true", "false"):
-        return str(value).lower() == text.lower()
+    return _same_setting(value, text, text.lower() in ("true", "false"))
+
+
+def _same_setting(value: Any, other: Any, boolean: bool = False) -> bool:
+    """A run's setting against another value: booleans (either side, or ``boolean``) by their
+    lower-case text, numbers as floats, anything else as text."""
+    if boolean or isinstance(value, bool) or isinstance(other, bool):
+        return str(value).lower() == str(other).lower()
     try:
-        return float(value) == float(text)
+        return float(value) == float(other)
     except (TypeError, ValueError):
-        return str(value) == text
+        return str(value) == str(other)
 
 
 def _at_default(denoiser: str, column: str, value: Any) -> bool:
@@ -456,12 +466,7 @@ def _at_default(denoiser: str, column: str, value: Any) -> bool:
         return False
     if hasattr(default, "name") and not isinstance(value, dict):  # a group's choice (teacher)
         return str(value) == str(default.name)
-    if isinstance(default, bool) or isinstance(value, bool):
-        return str(value).lower() == str(default).lower()
-    try:
-        return float(value) == float(default)
-    except (TypeError, ValueError):
-        return str(value) == str(default)
+    return _same_setting(value, default)
 
 
 def _pair_group(group: pd.DataFrame, partners: list[pd.Series | None], config_cols: list[str],
@@ -542,10 +547,10 @@ def pair_runs(runs: pd.DataFrame, group_keys: list[str], reference: str = "none"
         is_ref &= runs["backbone"].astype(str) == reference_backbone
     for col, text in settings.items():
         if col not in runs:
-            raise ValueError(f"--reference {reference!r}: no run in this folder has a setting "
+            raise BadReference(f"--reference {reference!r}: no run in this folder has a setting "
                              f"{col!r}; the settings that vary: {', '.join(den)}")
         if col in base or col == "seed":
-            raise ValueError(f"--reference {reference!r}: {col!r} is not a denoiser's setting; "
+            raise BadReference(f"--reference {reference!r}: {col!r} is not a denoiser's setting; "
                              "runs are paired across it (--reference-backbone pairs across "
                              "models)")
         is_ref &= runs[col].map(lambda v, text=text: _matches(v, text))
@@ -560,7 +565,7 @@ def pair_runs(runs: pd.DataFrame, group_keys: list[str], reference: str = "none"
     if settings:
         chosen = runs.loc[is_ref, den].drop_duplicates()
         if len(chosen) > 1:
-            raise ValueError(f"--reference {reference!r} matches {len(chosen)} configurations; "
+            raise BadReference(f"--reference {reference!r} matches {len(chosen)} configurations; "
                              "name more settings to pick one:\n" + chosen.to_string(index=False))
     refs = runs[is_ref]
     others = runs[~is_ref]  # with a variant as reference, its plain form is compared too
