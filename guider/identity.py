@@ -54,6 +54,12 @@ GUIDER_NEUTRAL = {"denoise.graph": False, "denoise.amsc.conf_floor": 0.0,
                   "denoise.dbpr.oracle_recall": 1.0, "denoise.dbpr.oracle_precision": 1.0}
 
 
+# the teacher group's keys that older GUIDER runs wrote under another name (see current_form)
+LEGACY_TEACHER_ALIASES = {"denoise.teacher.embedding_dim": "denoise.teacher_dim",
+                          "denoise.teacher.n_layers": "denoise.teacher_layers",
+                          "denoise.teacher.reg_weight": "denoise.teacher_reg"}
+
+
 def value_before_key(key: str, denoiser: str | None) -> Any:
     """The value a run made before ``key`` existed behaved as (its neutral value), or None when
     ``key`` is not one of the keys added later (GUIDER's only for a GUIDER run). The summary

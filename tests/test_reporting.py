@@ -704,6 +704,30 @@ def test_a_default_teacher_is_named_in_the_summary_not_left_blank(tmp_path):
     assert pd.isna(runs.loc["none-0", "denoise.teacher"])
 
 
+def test_a_teacher_key_of_an_older_run_is_read_from_its_older_name(tmp_path):
+    """A run written before the teacher group holds ``teacher_dim`` where newer runs hold
+    ``teacher.embedding_dim``: once a sweep varies the teacher's width, the older run shows the
+    width it had (64) and pairs with the newer run of the same width, apart from the 32 one."""
+    root = tmp_path / "sweep"
+    for seed in (0, 1):
+        make_run(root, f"none-{seed}", denoise="none", ratio=0.2, seed=seed, recall=0.20)
+        narrow = make_run(root, f"narrow-{seed}", denoise="guider", ratio=0.2, seed=seed,
+                          recall=0.22, extra_overrides=("denoise.teacher.embedding_dim=32",))
+        set_denoise_key(narrow, "teacher", {"name": "lightgcn", "embedding_dim": 32})
+    older = make_run(root, "older-0", denoise="guider", ratio=0.2, seed=0, recall=0.25)
+    set_denoise_key(set_denoise_key(older, "teacher", "lightgcn"), "teacher_dim", 64)
+    newer = make_run(root, "newer-1", denoise="guider", ratio=0.2, seed=1, recall=0.27)
+    set_denoise_key(newer, "teacher", {"name": "lightgcn", "embedding_dim": 64})
+    result = summarize(root)
+    runs = result.runs.set_index("run")
+    assert runs.loc["older-0", "denoise.teacher.embedding_dim"] == 64
+    assert pd.isna(runs.loc["none-0", "denoise.teacher.embedding_dim"])
+    table = result.paired.table.set_index("denoise.teacher.embedding_dim")
+    assert table.loc[64, "pairs"] == 2
+    assert table.loc[64, "test.Recall@20 diff"] == pytest.approx(0.06)
+    assert table.loc[32, "test.Recall@20 diff"] == pytest.approx(0.02)
+
+
 def test_runs_older_than_a_key_group_with_newer_runs_at_its_neutral_value(tmp_path):
     """A GUIDER run made before denoise.kd.candidates existed behaved as candidates=batch: it
     groups and pairs with a newer default run (whose config holds the key), apart from the runs

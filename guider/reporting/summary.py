@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import pandas as pd
 from omegaconf import OmegaConf
 
-from ..identity import is_setting_column, value_before_key
+from ..identity import LEGACY_TEACHER_ALIASES, is_setting_column, value_before_key
 from ..record import read_record
 from . import figures
 from .curves import (curves_markdown, detection_curves, paired_curves, write_curves_figure,
@@ -217,6 +217,8 @@ def collect_runs(root: str | Path, evaluation: str | None = None) -> tuple[pd.Da
             value = row.get(f"cfg.{source}") if source else None
             if value is None or isinstance(value, (dict, list)):
                 value = overrides.get(raw_key[column])
+            if value is None and source in LEGACY_TEACHER_ALIASES:  # the teacher's older name
+                value = row.get(f"cfg.{LEGACY_TEACHER_ALIASES[source]}")
             if value is None and source:  # a run older than the key: the value it behaved as
                 value = value_before_key(source, row.get("denoise"))
             if value is None and "/" in raw_key[column]:  # a group left at its default choice:
