@@ -54,12 +54,6 @@ GUIDER_NEUTRAL = {"denoise.graph": False, "denoise.amsc.conf_floor": 0.0,
                   "denoise.dbpr.oracle_recall": 1.0, "denoise.dbpr.oracle_precision": 1.0}
 
 
-# the teacher group's keys that older GUIDER runs wrote under another name (see current_form)
-LEGACY_TEACHER_ALIASES = {"denoise.teacher.embedding_dim": "denoise.teacher_dim",
-                          "denoise.teacher.n_layers": "denoise.teacher_layers",
-                          "denoise.teacher.reg_weight": "denoise.teacher_reg"}
-
-
 def value_before_key(key: str, denoiser: str | None) -> Any:
     """The value a run made before ``key`` existed behaved as (its neutral value), or None when
     ``key`` is not one of the keys added later (GUIDER's only for a GUIDER run). The summary
@@ -161,7 +155,8 @@ def legacy_guider(denoise: dict) -> dict:
 def current_form(plain: dict) -> dict:
     """A saved config.yaml in the form today's schemas read: GUIDER's older teacher keys
     (``teacher: lightgcn``, ``teacher_dim``, ``teacher_layers``, ``teacher_reg``) become the
-    teacher group's node. Used by guider-eval on older run folders."""
+    teacher group's node. Used by guider-eval on older run folders and by the summary (an older
+    run's teacher keys under today's names)."""
     denoise = plain.get("denoise")
     if not isinstance(denoise, dict) or not isinstance(denoise.get("teacher"), str):
         return plain

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import pandas as pd
 from omegaconf import OmegaConf
 
-from ..identity import LEGACY_TEACHER_ALIASES, is_setting_column, value_before_key
+from ..identity import current_form, is_setting_column, value_before_key
 from ..record import read_record
 from . import figures
 from .curves import (curves_markdown, detection_curves, paired_curves, write_curves_figure,
@@ -138,7 +138,9 @@ def read_run(run_dir: Path, root: Path, evaluation: str | None = None) -> tuple[
                 break
             except Exception as exc:  # keep the row; name the problem
                 row["error"] = row.get("error") or f"{path.name}: {exc}"
-    flat_cfg = _flatten(cfg)
+    # an older GUIDER run also holds its teacher's keys under today's names (teacher_dim as
+    # teacher.embedding_dim, ...), so that it groups with newer runs that vary them
+    flat_cfg = {**_flatten(current_form(cfg)), **_flatten(cfg)}
     for column, key in IDENTITY.items():
         row[column] = flat_cfg.get(key)
     row["seed"] = flat_cfg.get("seed")
@@ -217,8 +219,6 @@ def collect_runs(root: str | Path, evaluation: str | None = None) -> tuple[pd.Da
             value = row.get(f"cfg.{source}") if source else None
             if value is None or isinstance(value, (dict, list)):
                 value = overrides.get(raw_key[column])
-            if value is None and source in LEGACY_TEACHER_ALIASES:  # the teacher's older name
-                value = row.get(f"cfg.{LEGACY_TEACHER_ALIASES[source]}")
             if value is None and source:  # a run older than the key: the value it behaved as
                 value = value_before_key(source, row.get("denoise"))
             if value is None and "/" in raw_key[column]:  # a group left at its default choice:
