@@ -434,6 +434,50 @@ def test_teacher_every_steps_the_teacher_on_every_kth_batch_only(tiny_cfg, tmp_p
     assert every["test"] != full["test"]
 
 
+def test_teacher_epochs_freezes_the_teacher_and_distils_from_its_final_representations(
+        tiny_cfg, tmp_path):
+    """denoise.teacher_epochs=2: the teacher steps in epochs 0 and 1; from epoch 2 on it no longer
+    moves, every batch distils from its evaluation-mode representations computed at the freeze,
+    its top lists are those representations' and are not recomputed; resume after the freeze is
+    exact and the run differs from a teacher that keeps training."""
+    job, g = switches(tiny_cfg, "denoise.teacher_epochs=2", "denoise.kd.top_k=5")
+    batch, _ = one_batch(job)
+
+    def moved(epoch):
+        g.on_epoch(epoch)
+        before = [p.detach().clone() for p in g.teacher.parameters()]
+        g.step(batch)
+        return any(not torch.equal(a, b) for a, b in zip(before, g.teacher.parameters()))
+
+    assert [moved(0), moved(1)] == [True, True]
+    assert [moved(2), moved(3)] == [False, False]
+    g.teacher.eval()
+    with torch.no_grad():
+        u, i = g.teacher.final_embeddings()
+    t_users, t_items = g.teacher_embeddings
+    assert torch.equal(t_users, u) and torch.equal(t_items, i)
+    assert torch.equal(g.distiller.cached_top, (u @ i.t()).topk(5, dim=1).indices)
+    lists = g.distiller.cached_top
+    g.on_epoch(4)
+    assert g.distiller.cached_top is lists  # computed once, at the freeze
+    # the distillation's gradient reaches the student, from the frozen targets
+    g.teacher_opt.zero_grad(set_to_none=True)  # what the teacher's last step left
+    kd = g.extra_loss(batch, job.model)["kd"]
+    kd.backward()
+    assert all(p.grad is None for p in g.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in job.model.parameters())
+    for bad, match in (("denoise.teacher_epochs=-1", "teacher_epochs"),
+                       ("denoise.teacher_epochs=3", "mean teacher")):
+        with pytest.raises(ValueError, match=match):
+            switches(tiny_cfg, bad, *(("denoise.teacher_update=ema",) if "=3" in bad else ()))
+    overrides = (*GUIDER_FAST, "denoise.teacher_epochs=1", "train.epochs=4", "train.patience=100")
+    full = run(tiny_cfg(*overrides), tmp_path / "full")
+    resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed", stop_epoch=2)
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
+    every = run(tiny_cfg(*GUIDER_FAST, "train.epochs=4", "train.patience=100"), tmp_path / "every")
+    assert every["test"] != full["test"]
+
+
 def test_mean_teacher_follows_the_student_by_its_moving_average(tiny_cfg, tmp_path):
     """denoise.teacher_update=ema: the teacher starts as a copy of the student, has no optimiser
     and no gradient, and each step moves it by exactly (1 - teacher_ema) toward the student's

@@ -75,6 +75,10 @@ class GuiderConfig(DenoiseConfig):
     # teacher, no loss, no optimiser; ``teacher`` and ``teacher_lr`` are unused): a cost lever
     teacher_update: str = "sync"
     teacher_ema: float = 0.99  # teacher_update=ema: teacher <- d teacher + (1 - d) student per step
+    # 0: the teacher trains at every epoch | E > 0: it trains in sync for its first E epochs and
+    # is then frozen: its evaluation-mode representations are computed once, and every later
+    # batch distils from them (no teacher forward, no teacher step): a cost lever
+    teacher_epochs: int = 0
     student_dbpr: bool = False  # true: the student's main term is weighted by omega too
     # true: omega also weights the user-item graphs of the teacher and the student (edge values,
     # FREEDOM's pruning odds; Backbone.set_edge_weights), so flags reach the propagation
@@ -96,6 +100,13 @@ class GuiderConfig(DenoiseConfig):
         if self.teacher_every < 1:
             raise ValueError(f"denoise.teacher_every={self.teacher_every}: must be >= 1 (1 = the "
                              f"teacher steps on every batch)")
+        if self.teacher_epochs < 0:
+            raise ValueError(f"denoise.teacher_epochs={self.teacher_epochs}: must be >= 0 (0 = "
+                             f"the teacher trains at every epoch)")
+        if self.teacher_epochs > 0 and self.teacher_update == "ema":
+            raise ValueError("denoise.teacher_epochs > 0 freezes an in-sync teacher; a mean "
+                             "teacher (denoise.teacher_update=ema) follows the student and has "
+                             "no training of its own to stop: keep denoise.teacher_epochs=0")
         if self.teacher_lr <= 0:
             raise ValueError(f"denoise.teacher_lr={self.teacher_lr}: must be > 0")
         if self.teacher_update not in TEACHER_UPDATES:
@@ -212,12 +223,16 @@ class Guider(Denoiser):
         self.epoch = 0
         self.batch_in_epoch = 0  # teacher_every: which batches step the teacher
         self.teacher_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.frozen = False  # teacher_epochs: the teacher no longer trains
 
     # --- epoch: AMSC refresh -------------------------------------------------------------
     def on_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.batch_in_epoch = 0
         self.refresh(epoch)
+        if self.cfg.teacher_epochs and epoch >= self.cfg.teacher_epochs:
+            self.freeze()
+            return
         if self.graph_weighted and self.teacher_graph_omega is not self.omega:
             self.teacher.set_edge_weights(self.omega)
             self.teacher_graph_omega = self.omega
@@ -227,6 +242,20 @@ class Guider(Denoiser):
             with torch.no_grad():
                 self.distiller.cache_teacher_top(*self.teacher.final_embeddings())
             self.teacher.train()
+
+    def freeze(self) -> None:
+        """teacher_epochs: from now on the teacher's evaluation-mode representations, computed
+        once (again after a resume, from the saved teacher), are what every batch distils from,
+        and its top lists are computed once from them. With the flags on, the teacher's graph
+        keeps the omega it had when it froze (the representations are fixed anyway)."""
+        if self.frozen and self.teacher_embeddings is not None:
+            return
+        self.frozen = True
+        self.teacher.eval()
+        with torch.no_grad():
+            self.teacher_embeddings = self.teacher.final_embeddings()
+            if self.distiller.uses_epoch_top():
+                self.distiller.cache_teacher_top(*self.teacher_embeddings)
 
     @property
     def graph_weighted(self) -> bool:
@@ -271,6 +300,8 @@ class Guider(Denoiser):
 
     # --- batch: teacher step, then the student's weights and distillation ----------------
     def step(self, batch: Batch) -> None:
+        if self.frozen:
+            return  # teacher_epochs: distil from the frozen teacher's representations
         skip = self.batch_in_epoch % self.cfg.teacher_every != 0
         self.batch_in_epoch += 1
         if skip and self.teacher_embeddings is not None:
