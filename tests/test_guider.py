@@ -407,6 +407,20 @@ def test_teacher_top_lists_every_kth_epoch(tiny_cfg, tmp_path):
     assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
 
 
+def assert_lever_resumes_exactly_and_changes_the_run(tiny_cfg, tmp_path, lever: str, epochs: int,
+                                                     stop_epoch: int) -> None:
+    """A run with ``lever`` interrupted after ``stop_epoch`` and resumed ends exactly as the same
+    run uninterrupted, and differently from the defaults' run (the lever does something)."""
+    overrides = (*GUIDER_FAST, lever, f"train.epochs={epochs}", "train.patience=100")
+    full = run(tiny_cfg(*overrides), tmp_path / "full")
+    resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed",
+                                           stop_epoch=stop_epoch)
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
+    defaults = run(tiny_cfg(*GUIDER_FAST, f"train.epochs={epochs}", "train.patience=100"),
+                   tmp_path / "defaults")
+    assert defaults["test"] != full["test"]
+
+
 def test_teacher_every_steps_the_teacher_on_every_kth_batch_only(tiny_cfg, tmp_path):
     """denoise.teacher_every=2: batches 0, 2, 4 of an epoch step the teacher, 1 and 3 distil from
     its last representations; a new epoch starts with a step; resume stays exact."""
@@ -426,12 +440,8 @@ def test_teacher_every_steps_the_teacher_on_every_kth_batch_only(tiny_cfg, tmp_p
     assert any(not torch.equal(a, b) for a, b in zip(before, g.teacher.parameters()))
     with pytest.raises(ValueError, match="teacher_every"):
         switches(tiny_cfg, "denoise.teacher_every=0")
-    overrides = (*GUIDER_FAST, "denoise.teacher_every=3", "train.epochs=3", "train.patience=100")
-    full = run(tiny_cfg(*overrides), tmp_path / "full")
-    resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed", stop_epoch=1)
-    assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
-    every = run(tiny_cfg(*GUIDER_FAST, "train.epochs=3", "train.patience=100"), tmp_path / "every")
-    assert every["test"] != full["test"]
+    assert_lever_resumes_exactly_and_changes_the_run(tiny_cfg, tmp_path, "denoise.teacher_every=3",
+                                                     epochs=3, stop_epoch=1)
 
 
 def test_teacher_epochs_freezes_the_teacher_and_distils_from_its_final_representations(
@@ -470,12 +480,8 @@ def test_teacher_epochs_freezes_the_teacher_and_distils_from_its_final_represent
                        ("denoise.teacher_epochs=3", "mean teacher")):
         with pytest.raises(ValueError, match=match):
             switches(tiny_cfg, bad, *(("denoise.teacher_update=ema",) if "=3" in bad else ()))
-    overrides = (*GUIDER_FAST, "denoise.teacher_epochs=1", "train.epochs=4", "train.patience=100")
-    full = run(tiny_cfg(*overrides), tmp_path / "full")
-    resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed", stop_epoch=2)
-    assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
-    every = run(tiny_cfg(*GUIDER_FAST, "train.epochs=4", "train.patience=100"), tmp_path / "every")
-    assert every["test"] != full["test"]
+    assert_lever_resumes_exactly_and_changes_the_run(tiny_cfg, tmp_path, "denoise.teacher_epochs=1",
+                                                     epochs=4, stop_epoch=2)
 
 
 def test_mean_teacher_follows_the_student_by_its_moving_average(tiny_cfg, tmp_path):
