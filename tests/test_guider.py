@@ -484,6 +484,60 @@ def test_teacher_epochs_freezes_the_teacher_and_distils_from_its_final_represent
                                                      epochs=4, stop_epoch=2)
 
 
+def test_teacher_patience_freezes_the_teacher_at_its_best_validation(tiny_cfg, tmp_path):
+    """denoise.teacher_patience=2: the teacher is validated after each of the student's
+    validations; after two without a gain it takes back the weights of its best one and is frozen
+    from the next epoch (no step, distillation from those weights); its metric is a history
+    column until then; resume after the freeze is exact; a patience never reached leaves the run
+    exactly as the defaults'."""
+    job, g = switches(tiny_cfg, "denoise.teacher_patience=2")
+    batch, _ = one_batch(job)
+    values = iter([0.10, 0.30, 0.20, 0.25])
+    seen = []
+
+    def validate(scorer):  # a hand-made validation curve: best at the second validation
+        seen.append({k: v.detach().clone() for k, v in g.teacher.state_dict().items()})
+        return {"Recall@20": next(values)}
+
+    for epoch in range(4):
+        g.on_epoch(epoch)
+        assert not g.frozen
+        g.step(batch)
+        row = g.on_validation(validate, "Recall@20")
+        assert set(row) == {"teacher_Recall@20"}
+    assert g.frozen  # two validations (0.20, 0.25) below the best (0.30)
+    for key, value in g.teacher.state_dict().items():
+        assert torch.equal(value, seen[1][key])  # the weights of the best validation
+    g.on_epoch(4)
+    before = [p.detach().clone() for p in g.teacher.parameters()]
+    g.step(batch)
+    assert all(torch.equal(a, b) for a, b in zip(before, g.teacher.parameters()))
+    g.teacher.eval()
+    with torch.no_grad():
+        u, i = g.teacher.final_embeddings()
+    assert torch.equal(g.teacher_embeddings[0], u) and torch.equal(g.teacher_embeddings[1], i)
+    assert g.on_validation(validate, "Recall@20") == {}  # frozen: no more teacher validations
+    with pytest.raises(ValueError, match="teacher_patience"):
+        switches(tiny_cfg, "denoise.teacher_patience=-1")
+    with pytest.raises(ValueError, match="mean teacher"):
+        switches(tiny_cfg, "denoise.teacher_patience=3", "denoise.teacher_update=ema")
+    # in a run: the teacher's metric is logged until it freezes; resume is exact
+    # (a teacher at ten times the rate peaks at the third validation here, then declines)
+    overrides = (*GUIDER_FAST, "denoise.teacher_lr=0.1", "denoise.teacher_patience=1",
+                 "train.epochs=6", "train.patience=100")
+    full = run(tiny_cfg(*overrides), tmp_path / "full")
+    history = pd.read_csv(tmp_path / "full" / "history.csv")
+    logged = history["teacher_Recall@20"].notna().to_numpy()
+    assert logged.tolist() == [True] * 4 + [False] * 2  # best at 2, frozen after 3
+    resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed", stop_epoch=4)
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
+    never = run(tiny_cfg(*GUIDER_FAST, "denoise.teacher_patience=100", "train.epochs=3",
+                         "train.patience=100"), tmp_path / "never")
+    defaults = run(tiny_cfg(*GUIDER_FAST, "train.epochs=3", "train.patience=100"),
+                   tmp_path / "defaults")
+    assert never["test"] == defaults["test"]
+
+
 def test_mean_teacher_follows_the_student_by_its_moving_average(tiny_cfg, tmp_path):
     """denoise.teacher_update=ema: the teacher starts as a copy of the student, has no optimiser
     and no gradient, and each step moves it by exactly (1 - teacher_ema) toward the student's

@@ -73,6 +73,13 @@ class Denoiser:
     def step(self, batch: Batch) -> None:
         """Train the denoiser's own models on this batch (called before the backbone's step)."""
 
+    def on_validation(self, validate: Callable[[Callable], dict[str, float]],
+                      metric: str) -> dict[str, float]:
+        """Called after each of the student's validations with ``validate`` (a block scorer ->
+        the valid metrics, on the student's valid users) and the early-stopping metric's name;
+        returns extra columns for that row of history.csv (e.g. the teacher's metric)."""
+        return {}
+
     def noise_scores(self) -> np.ndarray | None:
         """One score per training interaction, higher = more likely noise; None if it has none."""
         return None

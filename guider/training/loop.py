@@ -224,7 +224,12 @@ class Trainer:
         detect = ({} if self.noise_labels is None else
                   detection_trace(noise_scores_of(self.denoiser, self.model, self.data),
                                   self.denoiser.flagged(), self.noise_labels))
-        state.history.append({"epoch": epoch, "loss": epoch_loss, **valid, **detect})
+        t1 = time.perf_counter()
+        extra = self.denoiser.on_validation(
+            lambda scorer: evaluate(scorer, self.valid_set, evalc.topk, evalc.batch_users,
+                                    self.device), metric)
+        state.seconds_eval += time.perf_counter() - t1
+        state.history.append({"epoch": epoch, "loss": epoch_loss, **valid, **detect, **extra})
         if self.on_eval is not None:  # a tracker (guider.tracking)
             self.on_eval(state.history[-1])
         value = valid.get(metric, -math.inf)

@@ -12,6 +12,7 @@ student_dbpr, off by default) plus gamma * L_KD (``extra_loss``). See docs/guide
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -79,6 +80,11 @@ class GuiderConfig(DenoiseConfig):
     # is then frozen: its evaluation-mode representations are computed once, and every later
     # batch distils from them (no teacher forward, no teacher step): a cost lever
     teacher_epochs: int = 0
+    # 0: off | P > 0: the teacher is validated at each of the student's validations (same users,
+    # same metric); after P validations without a gain it is set back to its best weights and
+    # frozen as teacher_epochs freezes it (its own early stopping: a cost lever that adapts to the
+    # data's schedule)
+    teacher_patience: int = 0
     student_dbpr: bool = False  # true: the student's main term is weighted by omega too
     # true: omega also weights the user-item graphs of the teacher and the student (edge values,
     # FREEDOM's pruning odds; Backbone.set_edge_weights), so flags reach the propagation
@@ -103,10 +109,14 @@ class GuiderConfig(DenoiseConfig):
         if self.teacher_epochs < 0:
             raise ValueError(f"denoise.teacher_epochs={self.teacher_epochs}: must be >= 0 (0 = "
                              f"the teacher trains at every epoch)")
-        if self.teacher_epochs > 0 and self.teacher_update == "ema":
-            raise ValueError("denoise.teacher_epochs > 0 freezes an in-sync teacher; a mean "
-                             "teacher (denoise.teacher_update=ema) follows the student and has "
-                             "no training of its own to stop: keep denoise.teacher_epochs=0")
+        if self.teacher_patience < 0:
+            raise ValueError(f"denoise.teacher_patience={self.teacher_patience}: must be >= 0 "
+                             f"(0 = the teacher is never stopped by its own validation)")
+        for key in ("teacher_epochs", "teacher_patience"):
+            if getattr(self, key) > 0 and self.teacher_update == "ema":
+                raise ValueError(f"denoise.{key} > 0 freezes an in-sync teacher; a mean teacher "
+                                 f"(denoise.teacher_update=ema) follows the student and has no "
+                                 f"training of its own to stop: keep denoise.{key}=0")
         if self.teacher_lr <= 0:
             raise ValueError(f"denoise.teacher_lr={self.teacher_lr}: must be > 0")
         if self.teacher_update not in TEACHER_UPDATES:
@@ -223,14 +233,16 @@ class Guider(Denoiser):
         self.epoch = 0
         self.batch_in_epoch = 0  # teacher_every: which batches step the teacher
         self.teacher_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.frozen = False  # teacher_epochs: the teacher no longer trains
+        self.frozen = False  # teacher_epochs / teacher_patience: the teacher no longer trains
+        # teacher_patience: the teacher's best valid metric, its weights then, validations since
+        self.teacher_best: tuple[float, dict | None, int] = (-float("inf"), None, 0)
 
     # --- epoch: AMSC refresh -------------------------------------------------------------
     def on_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.batch_in_epoch = 0
         self.refresh(epoch)
-        if self.cfg.teacher_epochs and epoch >= self.cfg.teacher_epochs:
+        if self.frozen or (self.cfg.teacher_epochs and epoch >= self.cfg.teacher_epochs):
             self.freeze()
             return
         if self.graph_weighted and self.teacher_graph_omega is not self.omega:
@@ -244,10 +256,11 @@ class Guider(Denoiser):
             self.teacher.train()
 
     def freeze(self) -> None:
-        """teacher_epochs: from now on the teacher's evaluation-mode representations, computed
-        once (again after a resume, from the saved teacher), are what every batch distils from,
-        and its top lists are computed once from them. With the flags on, the teacher's graph
-        keeps the omega it had when it froze (the representations are fixed anyway)."""
+        """teacher_epochs / teacher_patience: from now on the teacher's evaluation-mode
+        representations, computed once (again after a resume, from the saved teacher), are what
+        every batch distils from, and its top lists are computed once from them. With the flags
+        on, the teacher's graph keeps the omega it had when it froze (the representations are
+        fixed anyway)."""
         if self.frozen and self.teacher_embeddings is not None:
             return
         self.frozen = True
@@ -256,6 +269,29 @@ class Guider(Denoiser):
             self.teacher_embeddings = self.teacher.final_embeddings()
             if self.distiller.uses_epoch_top():
                 self.distiller.cache_teacher_top(*self.teacher_embeddings)
+
+    def on_validation(self, validate, metric: str) -> dict[str, float]:
+        """teacher_patience: validate the teacher beside the student; after teacher_patience
+        validations without a gain, restore its best weights and freeze it from the next epoch.
+        The teacher's metric goes into history.csv as teacher_<metric> until it freezes."""
+        if self.cfg.teacher_patience <= 0 or self.frozen:
+            return {}
+        was_training = self.teacher.training
+        self.teacher.eval()
+        value = validate(self.teacher.scorer()).get(metric, -float("inf"))
+        self.teacher.train(was_training)
+        best, weights, bad = self.teacher_best
+        if value > best:
+            best, weights, bad = value, copy.deepcopy(self.teacher.state_dict()), 0
+        else:
+            bad += 1
+        self.teacher_best = (best, weights, bad)
+        if bad >= self.cfg.teacher_patience:
+            self.teacher.load_state_dict(weights)
+            self.frozen = True  # the next on_epoch computes its representations and lists
+            self.teacher_embeddings = None
+            self.teacher_best = (best, None, bad)  # the teacher holds those weights now
+        return {f"teacher_{metric}": value}
 
     @property
     def graph_weighted(self) -> bool:
@@ -381,6 +417,7 @@ class Guider(Denoiser):
             "teacher_opt": None if self.teacher_opt is None else self.teacher_opt.state_dict(),
             "omega": self.omega, "false_mask": self.false_mask, "scores": self.scores,
             "distiller": self.distiller.state_dict(),
+            "frozen": self.frozen, "teacher_best": self.teacher_best,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -392,6 +429,8 @@ class Guider(Denoiser):
             self.amsc.previous = self.scores  # what score_ema averages the next refresh with
         self.distiller.load_state_dict(state["distiller"])
         self.teacher_embeddings = None
+        self.frozen = state.get("frozen", False)  # absent in checkpoints older than the key
+        self.teacher_best = state.get("teacher_best", (-float("inf"), None, 0))
         self.teacher_graph_omega = None
         if self.graph_weighted:  # the teacher's graph as it was when the state was saved
             self.teacher.set_edge_weights(self.omega)
