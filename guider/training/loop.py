@@ -215,19 +215,16 @@ class Trainer:
 
     def validate(self, epoch: int, epoch_loss: float, bar: tqdm) -> None:
         """Evaluate on valid, keep the best state, count towards early stopping."""
-        state, evalc, metric = self.state, self.evalc, self.evalc.valid_metric
+        state, metric = self.state, self.evalc.valid_metric
         t1 = time.perf_counter()
         self.model.eval()
-        valid = evaluate(self.model.scorer(), self.valid_set, evalc.topk, evalc.batch_users,
-                         self.device)
+        valid = self.valid_metrics(self.model.scorer())
         state.seconds_eval += time.perf_counter() - t1
         detect = ({} if self.noise_labels is None else
                   detection_trace(noise_scores_of(self.denoiser, self.model, self.data),
                                   self.denoiser.flagged(), self.noise_labels))
         t1 = time.perf_counter()
-        extra = self.denoiser.on_validation(
-            lambda scorer: evaluate(scorer, self.valid_set, evalc.topk, evalc.batch_users,
-                                    self.device), metric)
+        extra = self.denoiser.on_validation(self.valid_metrics, metric)
         state.seconds_eval += time.perf_counter() - t1
         state.history.append({"epoch": epoch, "loss": epoch_loss, **valid, **detect, **extra})
         if self.on_eval is not None:  # a tracker (guider.tracking)
@@ -247,6 +244,11 @@ class Trainer:
             log.info("early stop: no %s improvement in %d evaluations", metric,
                      self.train.patience)
         write_history(self.run_dir, state.history)  # a long run can be watched as it goes
+
+    def valid_metrics(self, scorer: Callable) -> dict[str, float]:
+        """The valid metrics of a block scorer (the student's, or a denoiser's own model's)."""
+        evalc = self.evalc
+        return evaluate(scorer, self.valid_set, evalc.topk, evalc.batch_users, self.device)
 
     def keep_best(self, epoch: int) -> None:
         best = self.best
@@ -317,7 +319,7 @@ class Trainer:
         model.eval()
         t1 = time.perf_counter()
         scorer = model.scorer()
-        valid = evaluate(scorer, self.valid_set, evalc.topk, evalc.batch_users, self.device)
+        valid = self.valid_metrics(scorer)
         test = evaluate(scorer, self.test_set, evalc.topk, evalc.batch_users, self.device)
         seconds_final = time.perf_counter() - t1
         return FitResult(

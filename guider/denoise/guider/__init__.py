@@ -13,7 +13,7 @@ student_dbpr, off by default) plus gamma * L_KD (``extra_loss``). See docs/guide
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -270,7 +270,8 @@ class Guider(Denoiser):
             if self.distiller.uses_epoch_top():
                 self.distiller.cache_teacher_top(*self.teacher_embeddings)
 
-    def on_validation(self, validate, metric: str) -> dict[str, float]:
+    def on_validation(self, validate: Callable[[Callable], dict[str, float]],
+                      metric: str) -> dict[str, float]:
         """teacher_patience: validate the teacher beside the student; after teacher_patience
         validations without a gain, restore its best weights and freeze it from the next epoch.
         The teacher's metric goes into history.csv as teacher_<metric> until it freezes."""
@@ -337,7 +338,7 @@ class Guider(Denoiser):
     # --- batch: teacher step, then the student's weights and distillation ----------------
     def step(self, batch: Batch) -> None:
         if self.frozen:
-            return  # teacher_epochs: distil from the frozen teacher's representations
+            return  # teacher_epochs / teacher_patience: distil from the frozen teacher
         skip = self.batch_in_epoch % self.cfg.teacher_every != 0
         self.batch_in_epoch += 1
         if skip and self.teacher_embeddings is not None:
