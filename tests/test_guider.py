@@ -538,6 +538,40 @@ def test_teacher_patience_freezes_the_teacher_at_its_best_validation(tiny_cfg, t
     assert never["test"] == defaults["test"]
 
 
+def test_teacher_min_epochs_keeps_the_patience_from_counting_on_an_early_plateau(tiny_cfg):
+    """denoise.teacher_min_epochs=3 with teacher_patience=2: the validations of epochs 0-2 keep
+    the teacher's best weights but do not count, so a teacher whose best came at its first
+    validation is frozen after epoch 4 (two counted validations without a gain), not after epoch
+    2 as without the floor, and it takes back the weights of that first validation."""
+    def frozen_after(*overrides):
+        job, g = switches(tiny_cfg, "denoise.teacher_patience=2", *overrides)
+        batch, _ = one_batch(job)
+        values = iter([0.30, 0.10, 0.20, 0.25, 0.28, 0.29, 0.29])
+        seen = []
+
+        def validate(scorer):
+            seen.append({k: v.detach().clone() for k, v in g.teacher.state_dict().items()})
+            return {"Recall@20": next(values)}
+
+        for epoch in range(7):
+            g.on_epoch(epoch)
+            if g.frozen:
+                for key, value in g.teacher.state_dict().items():
+                    assert torch.equal(value, seen[0][key])  # the first validation's weights
+                return epoch - 1
+            g.step(batch)
+            g.on_validation(validate, "Recall@20")
+        return None
+
+    assert frozen_after() == 2
+    assert frozen_after("denoise.teacher_min_epochs=3") == 4
+    assert frozen_after("denoise.teacher_min_epochs=6") is None  # counting starts at epoch 6
+    with pytest.raises(ValueError, match="teacher_min_epochs"):
+        switches(tiny_cfg, "denoise.teacher_min_epochs=-1", "denoise.teacher_patience=2")
+    with pytest.raises(ValueError, match="teacher_patience=P > 0"):
+        switches(tiny_cfg, "denoise.teacher_min_epochs=3")
+
+
 def test_mean_teacher_follows_the_student_by_its_moving_average(tiny_cfg, tmp_path):
     """denoise.teacher_update=ema: the teacher starts as a copy of the student, has no optimiser
     and no gradient, and each step moves it by exactly (1 - teacher_ema) toward the student's

@@ -85,6 +85,10 @@ class GuiderConfig(DenoiseConfig):
     # frozen as teacher_epochs freezes it (its own early stopping: a cost lever that adapts to the
     # data's schedule)
     teacher_patience: int = 0
+    # teacher_patience's floor: validations in the teacher's first M epochs update its best
+    # weights but do not count against its patience (a teacher that stalls early, then climbs,
+    # is not frozen on its plateau); the earliest freeze is after epoch M + P
+    teacher_min_epochs: int = 0
     student_dbpr: bool = False  # true: the student's main term is weighted by omega too
     # true: omega also weights the user-item graphs of the teacher and the student (edge values,
     # FREEDOM's pruning odds; Backbone.set_edge_weights), so flags reach the propagation
@@ -112,6 +116,13 @@ class GuiderConfig(DenoiseConfig):
         if self.teacher_patience < 0:
             raise ValueError(f"denoise.teacher_patience={self.teacher_patience}: must be >= 0 "
                              f"(0 = the teacher is never stopped by its own validation)")
+        if self.teacher_min_epochs < 0:
+            raise ValueError(f"denoise.teacher_min_epochs={self.teacher_min_epochs}: must be >= 0 "
+                             f"(0 = the teacher's patience counts from its first validation)")
+        if self.teacher_min_epochs > 0 and self.teacher_patience <= 0:
+            raise ValueError(f"denoise.teacher_min_epochs={self.teacher_min_epochs} is the floor "
+                             f"of the teacher's patience, which is off: set "
+                             f"denoise.teacher_patience=P > 0 or keep denoise.teacher_min_epochs=0")
         for key in ("teacher_epochs", "teacher_patience"):
             if getattr(self, key) > 0 and self.teacher_update == "ema":
                 raise ValueError(f"denoise.{key} > 0 freezes an in-sync teacher; a mean teacher "
@@ -273,8 +284,8 @@ class Guider(Denoiser):
     def on_validation(self, validate: Callable[[Callable], dict[str, float]],
                       metric: str) -> dict[str, float]:
         """teacher_patience: validate the teacher beside the student; after teacher_patience
-        validations without a gain, restore its best weights and freeze it from the next epoch.
-        The teacher's metric goes into history.csv as teacher_<metric> until it freezes."""
+        validations without a gain (counted after its first teacher_min_epochs epochs), restore its
+        best weights and freeze it from the next epoch. The teacher's metric goes into history.csv as teacher_<metric> until it freezes."""
         if self.cfg.teacher_patience <= 0 or self.frozen:
             return {}
         was_training = self.teacher.training
@@ -284,7 +295,7 @@ class Guider(Denoiser):
         best, weights, bad = self.teacher_best
         if value > best:
             best, weights, bad = value, copy.deepcopy(self.teacher.state_dict()), 0
-        else:
+        elif self.epoch >= self.cfg.teacher_min_epochs:  # epochs 0 .. M-1 do not count
             bad += 1
         self.teacher_best = (best, weights, bad)
         if bad >= self.cfg.teacher_patience:
