@@ -394,6 +394,8 @@ def test_defaults_variant_is_the_plain_default():
     ("graph_only", "full", {"denoise.graph": True, "denoise.kd.type": "none"}),
     ("fast", "defaults", {"denoise.teacher_every": 2}),
     ("mean_teacher", "defaults", {"denoise.teacher_update": "ema"}),
+    ("frozen_teacher", "defaults", {"denoise.teacher_patience": 10,
+                                    "denoise.teacher_min_epochs": 30}),
     ("oracle_flags", "full", {"denoise.dbpr.flags": "oracle"}),
     ("student_flags", "full", {"denoise.dbpr.flags": "student"}),
     ("lightgcn_teacher", "defaults", {"denoise.teacher.name": "lightgcn",
