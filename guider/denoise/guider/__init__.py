@@ -285,7 +285,8 @@ class Guider(Denoiser):
                       metric: str) -> dict[str, float]:
         """teacher_patience: validate the teacher beside the student; after teacher_patience
         validations without a gain (counted after its first teacher_min_epochs epochs), restore its
-        best weights and freeze it from the next epoch. The teacher's metric goes into history.csv as teacher_<metric> until it freezes."""
+        best weights and freeze it from the next epoch. The teacher's metric goes into history.csv
+        as teacher_<metric> until it freezes."""
         if self.cfg.teacher_patience <= 0 or self.frozen:
             return {}
         was_training = self.teacher.training
