@@ -396,6 +396,8 @@ def test_defaults_variant_is_the_plain_default():
     ("mean_teacher", "defaults", {"denoise.teacher_update": "ema"}),
     ("frozen_teacher", "defaults", {"denoise.teacher_patience": 10,
                                     "denoise.teacher_min_epochs": 30}),
+    ("budget", "defaults", {"denoise.teacher_patience": 10, "denoise.teacher_min_epochs": 30,
+                            "denoise.kd.users": 256}),
     ("oracle_flags", "full", {"denoise.dbpr.flags": "oracle"}),
     ("student_flags", "full", {"denoise.dbpr.flags": "student"}),
     ("lightgcn_teacher", "defaults", {"denoise.teacher.name": "lightgcn",
