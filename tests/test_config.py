@@ -207,6 +207,29 @@ def test_guider_teacher_learns_at_the_students_rate_unless_set():
                                     "denoise.teacher_lr=0.003"]))[4].teacher_lr == 0.003
 
 
+def test_teacher_at_twice_the_students_rate_follows_every_schedule():
+    """+experiment/variant=budget_teacher2x sets denoise.teacher_lr to ${guider_times:2,${train.lr}}:
+    twice the student's rate whatever sets it (the dataset, a train preset, the command line),
+    exactly 0.002 at the real datasets' 0.001, and a resolver given a non-number names itself."""
+    from omegaconf import OmegaConf
+
+    from guider.config import _times
+    from guider.pipeline import validate
+
+    variant = "+experiment/variant=budget_teacher2x"
+    for extra, student in (([], 0.005), (["dataset=tiktok"], 0.001),
+                           (["dataset=tiktok", "train=large_batch"], 0.004),
+                           (["train.lr=0.03"], 0.03)):
+        cfg = compose_config(["denoise=guider", variant, *extra])
+        assert cfg.train.lr == student
+        assert validate(cfg)[4].teacher_lr == 2 * student, extra
+    tiktok = compose_config(["dataset=tiktok", "denoise=guider", variant])
+    assert OmegaConf.to_container(tiktok, resolve=True)["denoise"]["teacher_lr"] == 0.002
+    assert _times("3", 0.5) == 1.5
+    with pytest.raises(ValueError, match="guider_times.*must be numbers"):
+        _times("two", 0.001)
+
+
 def test_guider_default_teacher_equals_its_yaml():
     """GuiderConfig's default teacher (used when no group is composed) is the one
     conf/denoise/teacher/freedom.yaml gives: one teacher default, not two."""

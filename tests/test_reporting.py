@@ -398,6 +398,9 @@ def test_defaults_variant_is_the_plain_default():
                                     "denoise.teacher_min_epochs": 30}),
     ("budget", "defaults", {"denoise.teacher_patience": 10, "denoise.teacher_min_epochs": 30,
                             "denoise.kd.users": 256}),
+    ("budget_teacher2x", "defaults", {"denoise.teacher_patience": 10,
+                                      "denoise.teacher_min_epochs": 30, "denoise.kd.users": 256,
+                                      "denoise.teacher_lr": 0.002}),  # 2 x TINY's train.lr
     ("oracle_flags", "full", {"denoise.dbpr.flags": "oracle"}),
     ("student_flags", "full", {"denoise.dbpr.flags": "student"}),
     ("lightgcn_teacher", "defaults", {"denoise.teacher.name": "lightgcn",
