@@ -192,21 +192,23 @@ def _times(factor: Any, value: Any) -> float:
     try:
         return float(factor) * float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"${{guider_times:{factor},{value}}}: both arguments must be numbers") from None
+        raise ValueError(f"${{guider_times:{factor},{value}}}: both arguments must be "
+                         "numbers") from None
 
 
-def register_resolvers() -> None:
-    """Config resolvers every entry point needs: ``${guider_times:a,b}`` = a x b (a preset sets
-    ``denoise.teacher_lr: ${guider_times:2,${train.lr}}``, twice whatever the student's rate is)."""
+def register_config_resolvers() -> None:
+    """``${guider_times:a,b}`` = a x b (a preset sets ``denoise.teacher_lr:
+    ${guider_times:2,${train.lr}}``, twice whatever the student's rate is). Called at this
+    module's import (the entry points import it before they compose a config) and by
+    guider.reporting, which resolves a run's saved .hydra/config.yaml without importing it."""
     if not OmegaConf.has_resolver("guider_times"):
         OmegaConf.register_new_resolver("guider_times", _times)
 
 
-register_resolvers()  # at import too: a config read outside Hydra's entry points still resolves
+register_config_resolvers()
 
 
 def register_schemas() -> None:
-    register_resolvers()
     ConfigStore.instance().store(name="guider_schema", node=RootConfig)
 
 

@@ -123,6 +123,26 @@ def test_runs_stopped_by_their_time_budget_are_flagged(tmp_path):
     assert "time budget" not in summarize(root / "a").markdown
 
 
+def test_an_unfinished_runs_saved_config_resolves_the_config_resolvers(tmp_path):
+    """A run killed before it wrote config.yaml is read from .hydra/config.yaml, unresolved as
+    Hydra saved it; guider-summarize (a process that never imports guider.config) must still
+    resolve ${guider_times:} there, or the whole config falls back to unresolved strings."""
+    import subprocess
+    import sys
+
+    cfg = compose_config(["denoise=guider", "+experiment/variant=budget_teacher2x"])
+    hydra_dir = tmp_path / "sweep" / "killed" / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))  # interpolations kept
+    assert "${guider_times:2,${train.lr}}" in (hydra_dir / "config.yaml").read_text()
+    code = ("from guider.reporting.summary import collect_runs; import sys; "
+            "r, _ = collect_runs(sys.argv[1]); "
+            "print(r.loc[0, 'cfg.denoise.teacher_lr'], r.loc[0, 'status'])")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sweep")], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(2 * cfg.train.lr), "incomplete"]
+
+
 def test_aggregation_mean_std_count_exact(noise_sweep):
     result = summarize(noise_sweep)
     s = result.summary

@@ -25,7 +25,11 @@ def _run_id_resolver(*, _root_: DictConfig) -> str:
 
 
 def register_resolvers() -> None:
-    """``${guider_run_id:}``: used by ``hydra.sweep.subdir`` (conf/config.yaml)."""
+    """``${guider_run_id:}``: used by ``hydra.sweep.subdir`` (conf/config.yaml); and the config's
+    own resolvers (``${guider_times:}``), so that a run folder's .hydra/config.yaml resolves here."""
+    from ..config import register_config_resolvers
+
+    register_config_resolvers()
     if not OmegaConf.has_resolver("guider_run_id"):
         OmegaConf.register_new_resolver("guider_run_id", _run_id_resolver)
 
