@@ -19,6 +19,7 @@ from guider.denoise.guider.distill import (Distiller, KDConfig, kl_loss, ot_loss
 from guider.denoise.base import weighted_mean
 from guider.evaluation.detection import detection_auc, detection_metrics
 from guider.pipeline import prepare, run
+from guider.reporting.cost import frozen_epoch
 
 from .conftest import run_interrupted_then_resumed
 
@@ -461,6 +462,7 @@ def test_teacher_epochs_freezes_the_teacher_and_distils_from_its_final_represent
 
     assert [moved(0), moved(1)] == [True, True]
     assert [moved(2), moved(3)] == [False, False]
+    assert g.summary()["teacher_frozen_epoch"] == 2
     g.teacher.eval()
     with torch.no_grad():
         u, i = g.teacher.final_embeddings()
@@ -529,13 +531,18 @@ def test_teacher_patience_freezes_the_teacher_at_its_best_validation(tiny_cfg, t
     history = pd.read_csv(tmp_path / "full" / "history.csv")
     logged = history["teacher_Recall@20"].notna().to_numpy()
     assert logged.tolist() == [True] * 4 + [False] * 2  # best at 2, frozen after 3
+    assert full["denoiser"]["teacher_frozen_epoch"] == 4  # what prices the run (reporting/cost.py)
+    older = {**full, "denoiser": {"amsc": None}}  # a run made before the key: read off the history
+    assert frozen_epoch(tmp_path / "full", older) == 4
     resumed = run_interrupted_then_resumed(tiny_cfg, overrides, tmp_path / "resumed", stop_epoch=4)
     assert resumed["test"] == pytest.approx(full["test"], abs=1e-12)
+    assert resumed["denoiser"]["teacher_frozen_epoch"] == 4  # kept across the resume
     never = run(tiny_cfg(*GUIDER_FAST, "denoise.teacher_patience=100", "train.epochs=3",
                          "train.patience=100"), tmp_path / "never")
     defaults = run(tiny_cfg(*GUIDER_FAST, "train.epochs=3", "train.patience=100"),
                    tmp_path / "defaults")
     assert never["test"] == defaults["test"]
+    assert never["denoiser"]["teacher_frozen_epoch"] is None
 
 
 def test_teacher_min_epochs_keeps_the_patience_from_counting_on_an_early_plateau(tiny_cfg):

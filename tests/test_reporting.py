@@ -939,3 +939,75 @@ def test_a_configuration_as_the_reference_hand_worked(tmp_path, capsys):
                        reference="guider denoise.amsc.rho_max=0.3 denoise.dbpr.flags=oracle")
     row = picked.paired.table[picked.paired.table["denoise.dbpr.flags"] == "student"]
     assert row["test.Recall@20 diff"].item() == pytest.approx(0.0)
+
+
+def guider_run_with_teacher(root: Path, name: str, seed: int, *, denoise_keys: dict,
+                            teacher_validated: int | None = None,
+                            frozen_key: object = "absent") -> Path:
+    """A GUIDER run of 4 epochs for the whole-run cost: its teacher keys in the saved config, a
+    history.csv whose teacher_Recall@20 column holds values for the first ``teacher_validated``
+    epochs (None: no history), and ``denoiser.teacher_frozen_epoch`` in metrics.json unless
+    ``frozen_key`` is "absent" (runs older than the key)."""
+    run = make_run(root, name, denoise="guider", ratio=0.2, seed=seed, recall=0.3)
+    for key, value in denoise_keys.items():
+        set_denoise_key(run, key, value)
+    if teacher_validated is not None:
+        teacher = [0.1] * teacher_validated + [None] * (4 - teacher_validated)
+        pd.DataFrame({"epoch": range(4), "loss": 0.5, "Recall@20": 0.2,
+                      "teacher_Recall@20": teacher}).to_csv(run / "history.csv", index=False)
+    if frozen_key != "absent":
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["denoiser"] = {"amsc": None, "teacher_frozen_epoch": frozen_key}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_whole_run_cost_counts_the_epochs_before_the_teacher_froze(tmp_path, capsys):
+    """guider/reporting/cost.py and scripts/run_cost.py on hand-made runs of 4 epochs priced at
+    base 1 s, in sync 3 s, frozen 1.5 s: the frozen epoch from metrics.json's key (2), from the
+    history's teacher column where the key is absent (values for epochs 0-2: frozen from 3), from
+    teacher_epochs (1), and a teacher that never froze (every epoch validated)."""
+    import importlib.util
+
+    from guider.reporting.cost import EpochCosts, frozen_epoch
+
+    costs = EpochCosts(base=1.0, sync=3.0, frozen=1.5)
+    assert costs.multiple(10, 4) == pytest.approx((4 * 3 + 6 * 1.5) / 10)
+    assert costs.multiple(4, 9) == 3.0 and costs.multiple(4, 0) == 1.5
+    with pytest.raises(ValueError, match="frozen seconds per epoch"):
+        EpochCosts(base=1.0, sync=3.0, frozen=0.0)
+    root = tmp_path / "sweep"
+    patience = {"teacher_patience": 10, "teacher_epochs": 0}
+    runs = {
+        "key": guider_run_with_teacher(root, "key", 0, denoise_keys=patience, frozen_key=2),
+        "history": guider_run_with_teacher(root, "history", 1, denoise_keys=patience,
+                                           teacher_validated=3),
+        "epochs": guider_run_with_teacher(root, "epochs", 2, denoise_keys={"teacher_epochs": 1}),
+        "never": guider_run_with_teacher(root, "never", 3, denoise_keys=patience,
+                                         teacher_validated=4),
+    }
+    make_run(root, "none", denoise="none", ratio=0.2, seed=0, recall=0.25)
+    assert {name: frozen_epoch(run) for name, run in runs.items()} == {
+        "key": 2, "history": 3, "epochs": 1, "never": None}
+    assert frozen_epoch(root / "none") is None
+    (runs["history"] / "history.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="teacher_<metric>"):
+        frozen_epoch(runs["history"])
+    guider_run_with_teacher(root, "history2", 1, denoise_keys=patience, teacher_validated=3)
+    shutil.rmtree(runs["history"])
+
+    spec = importlib.util.spec_from_file_location("run_cost", REPO / "scripts" / "run_cost.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out_csv = tmp_path / "cost.csv"
+    assert script.main([str(root), "--where", "denoise=guider", "--base", "1", "--sync", "3",
+                        "--frozen", "1.5", "--csv", str(out_csv)]) == 0
+    out = capsys.readouterr().out
+    # (2x3 + 2x1.5)/4 = 2.25, (3x3 + 1.5)/4 = 2.625, (3 + 3x1.5)/4 = 1.875, 3: mean 2.4375
+    assert "4 runs: mean 2.44x, range 1.88-3.00x, pooled 2.44x; 3 above 2x" in out
+    table = pd.read_csv(out_csv).set_index("seed")
+    assert table["cost_x"].to_dict() == pytest.approx({0: 2.25, 1: 2.625, 2: 1.875, 3: 3.0})
+    assert table["in_sync_epochs"].to_dict() == {0: 2, 1: 3, 2: 1, 3: 4}
+    with pytest.raises(SystemExit):
+        script.main([str(root), "--where", "nope=1", "--base", "1", "--sync", "3", "--frozen", "1"])
+    assert "no column 'nope'" in capsys.readouterr().err

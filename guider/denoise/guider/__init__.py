@@ -245,6 +245,7 @@ class Guider(Denoiser):
         self.batch_in_epoch = 0  # teacher_every: which batches step the teacher
         self.teacher_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
         self.frozen = False  # teacher_epochs / teacher_patience: the teacher no longer trains
+        self.frozen_at: int | None = None  # the first epoch trained with the teacher frozen
         # teacher_patience: the teacher's best valid metric, its weights then, validations since
         self.teacher_best: tuple[float, dict | None, int] = (-float("inf"), None, 0)
 
@@ -272,6 +273,8 @@ class Guider(Denoiser):
         every batch distils from, and its top lists are computed once from them. With the flags
         on, the teacher's graph keeps the omega it had when it froze (the representations are
         fixed anyway)."""
+        if self.frozen_at is None:
+            self.frozen_at = self.epoch  # metrics.json's teacher_frozen_epoch: runs' cost
         if self.frozen and self.teacher_embeddings is not None:
             return
         self.frozen = True
@@ -413,15 +416,20 @@ class Guider(Denoiser):
         return self.false_mask.numpy() if self.flags_on else None
 
     def summary(self) -> dict:
+        """metrics.json's ``denoiser``: the flags' count and AMSC's state, and the first epoch
+        trained with the teacher frozen (None: it never froze), which prices a whole run
+        (guider/reporting/cost.py)."""
+        frozen = {"teacher_frozen_epoch": self.frozen_at}
         if self.oracle_flags:
-            return {"amsc": None, "flags": "oracle", "n_flagged": int(self.false_mask.sum())}
+            return {"amsc": None, "flags": "oracle", "n_flagged": int(self.false_mask.sum()), **frozen}
         if self.amsc is None:
-            return {"amsc": None}
+            return {"amsc": None, **frozen}
         return {
             "modality_weights": dict(zip(self.amsc.modalities, self.amsc.alpha.tolist())),
             "modality_gaps": dict(zip(self.amsc.modalities, self.amsc.gap.tolist())),
             "mean_confidence_weight": float(self.amsc.w.mean()),
             "n_flagged": int(self.false_mask.sum()),
+            **frozen,
         }
 
     def state_dict(self) -> dict:
@@ -430,7 +438,7 @@ class Guider(Denoiser):
             "teacher_opt": None if self.teacher_opt is None else self.teacher_opt.state_dict(),
             "omega": self.omega, "false_mask": self.false_mask, "scores": self.scores,
             "distiller": self.distiller.state_dict(),
-            "frozen": self.frozen, "teacher_best": self.teacher_best,
+            "frozen": self.frozen, "teacher_best": self.teacher_best, "frozen_at": self.frozen_at,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -444,6 +452,7 @@ class Guider(Denoiser):
         self.teacher_embeddings = None
         self.frozen = state.get("frozen", False)  # absent in checkpoints older than the key
         self.teacher_best = state.get("teacher_best", (-float("inf"), None, 0))
+        self.frozen_at = state.get("frozen_at")  # older checkpoints: the epoch resumed at, if frozen
         self.teacher_graph_omega = None
         if self.graph_weighted:  # the teacher's graph as it was when the state was saved
             self.teacher.set_edge_weights(self.omega)

@@ -1,0 +1,127 @@
+"""What a whole run costs when its teacher freezes part-way (GUIDER's ``teacher_patience`` and
+``teacher_epochs``): its epochs in sync at one per-epoch cost, its frozen epochs at another, as a
+multiple of its student trained alone for as many epochs.
+
+Wall-clock seconds of runs made two at a time on a shared machine do not compare; per-epoch
+seconds from ``scripts/benchmark.py`` on an idle machine do. This module counts each run's epochs
+in each phase from its folder and prices them:
+
+    cost = (S x sync + (N - S) x frozen) / (N x base)
+
+with N the epochs the run trained, S those before its teacher froze (N when it never froze), and
+``base``, ``sync``, ``frozen`` the benchmark's seconds per epoch of the student alone, of an
+in-sync epoch and of a frozen one. ``scripts/run_cost.py`` is the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class EpochCosts:
+    """Seconds per training epoch, from one benchmark on one machine."""
+
+    base: float    # the student alone (denoise=none)
+    sync: float    # the denoiser with its teacher training in sync
+    frozen: float  # the denoiser after its teacher froze (sync when it never freezes)
+
+    def __post_init__(self) -> None:
+        for name in ("base", "sync", "frozen"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} seconds per epoch must be a positive number, got {value!r}")
+
+    def multiple(self, epochs: int, in_sync: int) -> float:
+        """A run of ``epochs`` epochs, the first ``in_sync`` of them in sync, over its student's."""
+        if epochs <= 0:
+            raise ValueError(f"a run trains at least one epoch, got {epochs}")
+        in_sync = min(max(in_sync, 0), epochs)
+        return (in_sync * self.sync + (epochs - in_sync) * self.frozen) / (epochs * self.base)
+
+
+def frozen_epoch(run_dir: str | Path, metrics: dict | None = None) -> int | None:
+    """The first epoch a run trained with its teacher frozen, or None when it never froze (or
+    has no teacher). Read from ``metrics.json`` (``denoiser.teacher_frozen_epoch``, written by
+    GUIDER since the key exists); for an older run, from its config and ``history.csv``:
+    ``teacher_epochs=E`` freezes at epoch E; ``teacher_patience`` freezes after the last
+    validation that still has a ``teacher_<metric>`` value (the column stops where the teacher
+    froze)."""
+    run_dir = Path(run_dir)
+    if metrics is None:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    denoiser = metrics.get("denoiser") or {}
+    if "teacher_frozen_epoch" in denoiser:
+        value = denoiser["teacher_frozen_epoch"]
+        return None if value is None else int(value)
+    epochs = int(metrics.get("epochs_run") or 0)
+    cfg = _config(run_dir)
+    denoise = cfg.get("denoise") or {}
+    if denoise.get("name") != "guider":
+        return None
+    candidates = []
+    teacher_epochs = int(denoise.get("teacher_epochs") or 0)
+    if teacher_epochs > 0 and teacher_epochs < epochs:
+        candidates.append(teacher_epochs)
+    if int(denoise.get("teacher_patience") or 0) > 0:
+        history = run_dir / "history.csv"
+        if not history.is_file():
+            raise FileNotFoundError(f"{history}: needed to tell when the teacher froze (its "
+                                    "teacher_<metric> column), and missing")
+        table = pd.read_csv(history)
+        column = f"teacher_{metrics.get('valid_metric', 'Recall@20')}"
+        if column in table:
+            validated = table.loc[table[column].notna(), "epoch"]
+            if len(validated):
+                last = int(validated.iloc[-1])
+                if last + 1 < epochs:
+                    candidates.append(last + 1)
+    return min(candidates) if candidates else None
+
+
+def _config(run_dir: Path) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    for path, resolve in ((run_dir / "config.yaml", False), (run_dir / ".hydra" / "config.yaml", True)):
+        if path.is_file():
+            from .runs import register_resolvers
+
+            register_resolvers()
+            return OmegaConf.to_container(OmegaConf.load(path), resolve=resolve)  # type: ignore[return-value]
+    return {}
+
+
+def run_costs(runs: pd.DataFrame, root: str | Path, costs: EpochCosts) -> pd.DataFrame:
+    """``runs`` (from :func:`guider.reporting.summary.collect_runs`, completed runs) with three
+    columns added: ``frozen_epoch`` (None: never froze), ``in_sync_epochs`` and ``cost_x``, the
+    run's cost as a multiple of its student's at ``costs``."""
+    root = Path(root)
+    out = runs.copy()
+    frozen, in_sync, multiple = [], [], []
+    for _, row in runs.iterrows():
+        run_dir = root / row["run"]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        epochs = int(metrics["epochs_run"])
+        first = frozen_epoch(run_dir, metrics)
+        sync_epochs = epochs if first is None else min(first, epochs)
+        frozen.append(first)
+        in_sync.append(sync_epochs)
+        multiple.append(costs.multiple(epochs, sync_epochs))
+    out["frozen_epoch"] = pd.array(frozen, dtype="Int64")
+    out["in_sync_epochs"] = in_sync
+    out["cost_x"] = multiple
+    return out
+
+
+def pooled_multiple(table: pd.DataFrame, costs: EpochCosts) -> float:
+    """The runs' seconds together over their students' together (long runs weigh more)."""
+    epochs = table["epochs_run"].astype(float)
+    sync = table["in_sync_epochs"].astype(float)
+    seconds = (sync * costs.sync + (epochs - sync) * costs.frozen).sum()
+    return float(seconds / (epochs.sum() * costs.base))
