@@ -6,7 +6,8 @@ seconds (guider/reporting/cost.py says how).
 
 --base, --sync and --frozen are seconds per training epoch measured by scripts/benchmark.py on an
 idle machine (the student alone, an in-sync epoch of the setting, and a frozen one: a run of a
-few epochs with denoise.teacher_epochs=1, less its first epoch). --where keeps the runs whose
+few epochs with denoise.teacher_epochs=1, less its first epoch); --teacher-eval the seconds of one
+validation pass (its eval_pass_s), paid for the teacher at each validation before it froze. --where keeps the runs whose
 summary column equals the value (repeatable; the columns of the folder's runs.csv: variant, seed,
 denoise.teacher_lr, ...); the runs kept must share one setting, since they are priced alike.
 Prints each run's epochs, epochs in sync, frozen epoch and cost, then the mean, the range and the
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=float, required=True, help="seconds per epoch, the student alone")
     parser.add_argument("--sync", type=float, required=True, help="seconds per in-sync epoch")
     parser.add_argument("--frozen", type=float, required=True, help="seconds per frozen epoch")
+    parser.add_argument("--teacher-eval", type=float, default=0.0, metavar="SECONDS",
+                        help="seconds per validation pass of the teacher (teacher_patience runs "
+                             "validate it every train.eval_every epochs until it freezes; "
+                             "benchmark.py's eval_pass_s; default 0: not counted)")
     parser.add_argument("--limit", type=float, default=2.0, help="count the runs above this multiple")
     parser.add_argument("--csv", type=Path, default=None, help="write the per-run table here")
     args = parser.parse_args(argv)
@@ -41,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from guider.reporting.summary import _matches, collect_runs
 
     try:
-        costs = EpochCosts(base=args.base, sync=args.sync, frozen=args.frozen)
+        costs = EpochCosts(base=args.base, sync=args.sync, frozen=args.frozen,
+                           teacher_eval=args.teacher_eval)
     except ValueError as e:
         parser.error(str(e))
     runs, _ = collect_runs(args.folder)
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     table = run_costs(runs, args.folder, costs)
     shown = [c for c in ("variant", "seed", "epochs_run", "best_epoch", "frozen_epoch",
-                         "in_sync_epochs", "cost_x") if c in table]
+                         "in_sync_epochs", "teacher_validations", "cost_x") if c in table]
     print(table[shown].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     values = table["cost_x"].tolist()
     above = sum(v > args.limit for v in values)

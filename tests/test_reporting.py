@@ -966,7 +966,8 @@ def test_whole_run_cost_counts_the_epochs_before_the_teacher_froze(tmp_path, cap
     """guider/reporting/cost.py and scripts/run_cost.py on hand-made runs of 4 epochs priced at
     base 1 s, in sync 3 s, frozen 1.5 s: the frozen epoch from metrics.json's key (2), from the
     history's teacher column where the key is absent (values for epochs 0-2: frozen from 3), from
-    teacher_epochs (1), and a teacher that never froze (every epoch validated)."""
+    teacher_epochs (1), and a teacher that never froze (every epoch validated); then with the
+    teacher's validation passes priced too."""
     import importlib.util
 
     from guider.reporting.cost import EpochCosts, frozen_epoch
@@ -976,6 +977,7 @@ def test_whole_run_cost_counts_the_epochs_before_the_teacher_froze(tmp_path, cap
     assert costs.multiple(4, 9) == 3.0 and costs.multiple(4, 0) == 1.5
     with pytest.raises(ValueError, match="frozen seconds per epoch"):
         EpochCosts(base=1.0, sync=3.0, frozen=0.0)
+    assert EpochCosts(1.0, 3.0, 1.5, teacher_eval=0.5).multiple(10, 4, 4) == pytest.approx(2.3)
     root = tmp_path / "sweep"
     patience = {"teacher_patience": 10, "teacher_epochs": 0}
     runs = {
@@ -1008,6 +1010,18 @@ def test_whole_run_cost_counts_the_epochs_before_the_teacher_froze(tmp_path, cap
     table = pd.read_csv(out_csv).set_index("seed")
     assert table["cost_x"].to_dict() == pytest.approx({0: 2.25, 1: 2.625, 2: 1.875, 3: 3.0})
     assert table["in_sync_epochs"].to_dict() == {0: 2, 1: 3, 2: 1, 3: 4}
+    # the teacher's validation passes (0.5 s each), one per train.eval_every epochs in sync, with
+    # teacher_patience only: 2, 3, 0 and (a validation every 2 epochs) 2 of them
+    for path in (runs["never"] / "config.yaml", runs["never"] / ".hydra" / "config.yaml"):
+        cfg = yaml.safe_load(path.read_text())
+        cfg["train"]["eval_every"] = 2
+        path.write_text(yaml.safe_dump(cfg))
+    assert script.main([str(root), "--where", "denoise=guider", "--base", "1", "--sync", "3",
+                        "--frozen", "1.5", "--teacher-eval", "0.5", "--csv", str(out_csv)]) == 0
+    capsys.readouterr()
+    table = pd.read_csv(out_csv).set_index("seed")
+    assert table["teacher_validations"].to_dict() == {0: 2, 1: 3, 2: 0, 3: 2}
+    assert table["cost_x"].to_dict() == pytest.approx({0: 2.5, 1: 3.0, 2: 1.875, 3: 3.25})
     with pytest.raises(SystemExit):
         script.main([str(root), "--where", "nope=1", "--base", "1", "--sync", "3", "--frozen", "1"])
     assert "no column 'nope'" in capsys.readouterr().err

@@ -6,11 +6,14 @@ Wall-clock seconds of runs made two at a time on a shared machine do not compare
 seconds from ``scripts/benchmark.py`` on an idle machine do. This module counts each run's epochs
 in each phase from its folder and prices them:
 
-    cost = (S x sync + (N - S) x frozen) / (N x base)
+    cost = (S x sync + (N - S) x frozen + V x teacher_eval) / (N x base)
 
-with N the epochs the run trained, S those before its teacher froze (N when it never froze), and
+with N the epochs the run trained, S those before its teacher froze (N when it never froze),
 ``base``, ``sync``, ``frozen`` the benchmark's seconds per epoch of the student alone, of an
-in-sync epoch and of a frozen one. ``scripts/run_cost.py`` is the command line.
+in-sync epoch and of a frozen one, and V the teacher's validations (one every
+``train.eval_every`` epochs while it trains, with ``teacher_patience``), each a full-ranking pass
+of ``teacher_eval`` seconds (the benchmark's eval_pass_s; 0 leaves them out). The student's own
+validations are in both runs and left out of both. ``scripts/run_cost.py`` is the command line.
 """
 
 from __future__ import annotations
@@ -31,19 +34,25 @@ class EpochCosts:
     base: float    # the student alone (denoise=none)
     sync: float    # the denoiser with its teacher training in sync
     frozen: float  # the denoiser after its teacher froze (sync when it never freezes)
+    teacher_eval: float = 0.0  # seconds per validation pass of the teacher (0: not counted)
 
     def __post_init__(self) -> None:
         for name in ("base", "sync", "frozen"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} seconds per epoch must be a positive number, got {value!r}")
+        if not (math.isfinite(self.teacher_eval) and self.teacher_eval >= 0):
+            raise ValueError(f"teacher_eval seconds must be 0 or more, got {self.teacher_eval!r}")
 
-    def multiple(self, epochs: int, in_sync: int) -> float:
-        """A run of ``epochs`` epochs, the first ``in_sync`` of them in sync, over its student's."""
+    def multiple(self, epochs: int, in_sync: int, teacher_validations: int = 0) -> float:
+        """A run of ``epochs`` epochs, the first ``in_sync`` of them in sync and
+        ``teacher_validations`` validations of its teacher, over its student's epochs."""
         if epochs <= 0:
             raise ValueError(f"a run trains at least one epoch, got {epochs}")
         in_sync = min(max(in_sync, 0), epochs)
-        return (in_sync * self.sync + (epochs - in_sync) * self.frozen) / (epochs * self.base)
+        seconds = (in_sync * self.sync + (epochs - in_sync) * self.frozen
+                   + teacher_validations * self.teacher_eval)
+        return seconds / (epochs * self.base)
 
 
 def frozen_epoch(run_dir: str | Path, metrics: dict | None = None) -> int | None:
@@ -98,23 +107,30 @@ def _config(run_dir: Path) -> dict[str, Any]:
 
 
 def run_costs(runs: pd.DataFrame, root: str | Path, costs: EpochCosts) -> pd.DataFrame:
-    """``runs`` (from :func:`guider.reporting.summary.collect_runs`, completed runs) with three
-    columns added: ``frozen_epoch`` (None: never froze), ``in_sync_epochs`` and ``cost_x``, the
-    run's cost as a multiple of its student's at ``costs``."""
+    """``runs`` (from :func:`guider.reporting.summary.collect_runs`, completed runs) with four
+    columns added: ``frozen_epoch`` (None: never froze), ``in_sync_epochs``,
+    ``teacher_validations`` and ``cost_x``, the run's cost as a multiple of its student's at
+    ``costs``."""
     root = Path(root)
     out = runs.copy()
-    frozen, in_sync, multiple = [], [], []
+    frozen, in_sync, validations, multiple = [], [], [], []
     for _, row in runs.iterrows():
         run_dir = root / row["run"]
         metrics = json.loads((run_dir / "metrics.json").read_text())
         epochs = int(metrics["epochs_run"])
         first = frozen_epoch(run_dir, metrics)
         sync_epochs = epochs if first is None else min(first, epochs)
+        cfg = _config(run_dir)
+        denoise, every = cfg.get("denoise") or {}, int((cfg.get("train") or {}).get("eval_every") or 1)
+        # validations come after epochs every-1, 2 every-1, ...: those of the in-sync epochs
+        checks = sync_epochs // every if int(denoise.get("teacher_patience") or 0) > 0 else 0
         frozen.append(first)
         in_sync.append(sync_epochs)
-        multiple.append(costs.multiple(epochs, sync_epochs))
+        validations.append(checks)
+        multiple.append(costs.multiple(epochs, sync_epochs, checks))
     out["frozen_epoch"] = pd.array(frozen, dtype="Int64")
     out["in_sync_epochs"] = in_sync
+    out["teacher_validations"] = validations
     out["cost_x"] = multiple
     return out
 
@@ -123,5 +139,6 @@ def pooled_multiple(table: pd.DataFrame, costs: EpochCosts) -> float:
     """The runs' seconds together over their students' together (long runs weigh more)."""
     epochs = table["epochs_run"].astype(float)
     sync = table["in_sync_epochs"].astype(float)
-    seconds = (sync * costs.sync + (epochs - sync) * costs.frozen).sum()
+    checks = table["teacher_validations"].astype(float)
+    seconds = (sync * costs.sync + (epochs - sync) * costs.frozen + checks * costs.teacher_eval).sum()
     return float(seconds / (epochs.sum() * costs.base))
