@@ -7,9 +7,10 @@ seconds (guider/reporting/cost.py says how).
 --base, --sync and --frozen are seconds per training epoch measured by scripts/benchmark.py on an
 idle machine (the student alone, an in-sync epoch of the setting, and a frozen one: a run of a
 few epochs with denoise.teacher_epochs=1, less its first epoch); --teacher-eval the seconds of one
-validation pass (its eval_pass_s), paid for the teacher at each validation before it froze. --where keeps the runs whose
-summary column equals the value (repeatable; the columns of the folder's runs.csv: variant, seed,
-denoise.teacher_lr, ...); the runs kept must share one setting, since they are priced alike.
+validation pass (its eval_pass_s), paid for the teacher at each validation before it froze.
+--where keeps the runs whose summary column equals the value (repeatable; the columns of the
+folder's runs.csv: variant, seed, denoise.teacher_lr, ...); the runs kept must share one setting,
+since they are priced alike.
 Prints each run's epochs, epochs in sync, frozen epoch and cost, then the mean, the range and the
 pooled cost (all seconds over all students' seconds); --csv writes the per-run table.
 """

@@ -992,6 +992,11 @@ def test_whole_run_cost_counts_the_epochs_before_the_teacher_froze(tmp_path, cap
     assert {name: frozen_epoch(run) for name, run in runs.items()} == {
         "key": 2, "history": 3, "epochs": 1, "never": None}
     assert frozen_epoch(root / "none") is None
+    # a run that ended between two validations, its teacher validated at every one: never froze
+    tail = guider_run_with_teacher(tmp_path / "other", "tail", 0, denoise_keys=patience)
+    pd.DataFrame({"epoch": range(4), "Recall@20": [0.2, 0.2, 0.2, None],
+                  "teacher_Recall@20": [0.1, 0.1, 0.1, None]}).to_csv(tail / "history.csv")
+    assert frozen_epoch(tail) is None
     (runs["history"] / "history.csv").unlink()
     with pytest.raises(FileNotFoundError, match="teacher_<metric>"):
         frozen_epoch(runs["history"])

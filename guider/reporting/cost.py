@@ -61,7 +61,7 @@ def frozen_epoch(run_dir: str | Path, metrics: dict | None = None) -> int | None
     GUIDER since the key exists); for an older run, from its config and ``history.csv``:
     ``teacher_epochs=E`` freezes at epoch E; ``teacher_patience`` freezes after the last
     validation that still has a ``teacher_<metric>`` value (the column stops where the teacher
-    froze)."""
+    froze; a value at every validation of the student's: it never froze)."""
     run_dir = Path(run_dir)
     if metrics is None:
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -84,13 +84,13 @@ def frozen_epoch(run_dir: str | Path, metrics: dict | None = None) -> int | None
             raise FileNotFoundError(f"{history}: needed to tell when the teacher froze (its "
                                     "teacher_<metric> column), and missing")
         table = pd.read_csv(history)
-        column = f"teacher_{metrics.get('valid_metric', 'Recall@20')}"
+        metric = metrics.get("valid_metric", "Recall@20")
+        column = f"teacher_{metric}"
         if column in table:
-            validated = table.loc[table[column].notna(), "epoch"]
-            if len(validated):
-                last = int(validated.iloc[-1])
-                if last + 1 < epochs:
-                    candidates.append(last + 1)
+            student = table[metric].notna() if metric in table else table[column].notna()
+            teacher = table[column].notna()
+            if teacher.any() and (student & ~teacher).any():  # validations after the freeze
+                candidates.append(int(table.loc[teacher, "epoch"].iloc[-1]) + 1)
     return min(candidates) if candidates else None
 
 
