@@ -22,9 +22,10 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
+
+from .summary import read_config
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,15 @@ class EpochCosts:
         return seconds / (epochs * self.base)
 
 
-def frozen_epoch(run_dir: str | Path, metrics: dict | None = None) -> int | None:
+def frozen_epoch(run_dir: str | Path, metrics: dict | None = None,
+                 cfg: dict | None = None) -> int | None:
     """The first epoch a run trained with its teacher frozen, or None when it never froze (or
     has no teacher). Read from ``metrics.json`` (``denoiser.teacher_frozen_epoch``, written by
     GUIDER since the key exists); for an older run, from its config and ``history.csv``:
     ``teacher_epochs=E`` freezes at epoch E; ``teacher_patience`` freezes after the last
     validation that still has a ``teacher_<metric>`` value (the column stops where the teacher
-    froze; a value at every validation of the student's: it never froze)."""
+    froze; a value at every validation of the student's: it never froze). ``metrics`` and
+    ``cfg``: the run's metrics.json and saved config when the caller has read them."""
     run_dir = Path(run_dir)
     if metrics is None:
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -70,7 +73,8 @@ def frozen_epoch(run_dir: str | Path, metrics: dict | None = None) -> int | None
         value = denoiser["teacher_frozen_epoch"]
         return None if value is None else int(value)
     epochs = int(metrics.get("epochs_run") or 0)
-    cfg = _config(run_dir)
+    if cfg is None:
+        cfg = read_config(run_dir)[0]
     denoise = cfg.get("denoise") or {}
     if denoise.get("name") != "guider":
         return None
@@ -94,18 +98,6 @@ def frozen_epoch(run_dir: str | Path, metrics: dict | None = None) -> int | None
     return min(candidates) if candidates else None
 
 
-def _config(run_dir: Path) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    for path, resolve in ((run_dir / "config.yaml", False), (run_dir / ".hydra" / "config.yaml", True)):
-        if path.is_file():
-            from .runs import register_resolvers
-
-            register_resolvers()
-            return OmegaConf.to_container(OmegaConf.load(path), resolve=resolve)  # type: ignore[return-value]
-    return {}
-
-
 def run_costs(runs: pd.DataFrame, root: str | Path, costs: EpochCosts) -> pd.DataFrame:
     """``runs`` (from :func:`guider.reporting.summary.collect_runs`, completed runs) with four
     columns added: ``frozen_epoch`` (None: never froze), ``in_sync_epochs``,
@@ -118,9 +110,9 @@ def run_costs(runs: pd.DataFrame, root: str | Path, costs: EpochCosts) -> pd.Dat
         run_dir = root / row["run"]
         metrics = json.loads((run_dir / "metrics.json").read_text())
         epochs = int(metrics["epochs_run"])
-        first = frozen_epoch(run_dir, metrics)
+        cfg = read_config(run_dir)[0]
+        first = frozen_epoch(run_dir, metrics, cfg)
         sync_epochs = epochs if first is None else min(first, epochs)
-        cfg = _config(run_dir)
         denoise, every = cfg.get("denoise") or {}, int((cfg.get("train") or {}).get("eval_every") or 1)
         # validations come after epochs every-1, 2 every-1, ...: those of the in-sync epochs
         checks = sync_epochs // every if int(denoise.get("teacher_patience") or 0) > 0 else 0

@@ -73,6 +73,20 @@ def _load_yaml(path: Path, resolve: bool) -> dict:
         return OmegaConf.to_container(conf, resolve=False)
 
 
+def read_config(run_dir: Path) -> tuple[dict, str | None]:
+    """A run's settings and the first problem met reading them: the resolved config.yaml the run
+    wrote, else Hydra's .hydra/config.yaml (a run that failed before writing one, resolved here);
+    ({}, None) when there is neither."""
+    error = None
+    for path, resolve in ((run_dir / "config.yaml", False), (run_dir / ".hydra" / "config.yaml", True)):
+        if path.is_file():
+            try:
+                return _load_yaml(path, resolve), error
+            except Exception as exc:  # keep looking; name the problem
+                error = error or f"{path.name}: {exc}"
+    return {}, error
+
+
 def find_run_dirs(root: Path) -> list[Path]:
     """Every folder under ``root`` (``root`` included) that holds one run."""
     root = Path(root)
@@ -130,14 +144,9 @@ def read_run(run_dir: Path, root: Path, evaluation: str | None = None) -> tuple[
     elif "status" not in row:
         row.update(status="incomplete", error="no metrics.json (still running, killed, or interrupted)")
 
-    cfg: dict = {}
-    for path, resolve in ((run_dir / "config.yaml", False), (run_dir / ".hydra" / "config.yaml", True)):
-        if path.is_file():
-            try:
-                cfg = _load_yaml(path, resolve)
-                break
-            except Exception as exc:  # keep the row; name the problem
-                row["error"] = row.get("error") or f"{path.name}: {exc}"
+    cfg, cfg_error = read_config(run_dir)
+    if cfg_error:  # keep the row; name the problem
+        row["error"] = row.get("error") or cfg_error
     # an older GUIDER run also holds its teacher's keys under today's names (teacher_dim as
     # teacher.embedding_dim, ...), so that it groups with newer runs that vary them
     flat_cfg = {**_flatten(current_form(cfg)), **_flatten(cfg)}
