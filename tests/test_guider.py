@@ -352,12 +352,17 @@ def test_teacher_top_lists_once_per_epoch(tiny_cfg, tmp_path):
     _, g = switches(tiny_cfg, "denoise.kd.candidates=teacher", "denoise.kd.top_refresh=epoch",
                     "denoise.kd.top_k=5")
     g.on_epoch(0)
-    top = g.distiller.cached_top
+    lists = g.distiller.lists
+    assert not lists.known.any()  # nothing scored until a batch distils its users
     g.teacher.eval()
     with torch.no_grad():
         u, i = g.teacher.final_embeddings()
-    assert top.shape == (g.data.n_users, 5)
-    assert torch.equal(top, (u @ i.t()).topk(5, dim=1).indices)
+    eager = (u @ i.t()).topk(5, dim=1).indices
+    read = torch.tensor([7, 3, 7])
+    assert torch.equal(lists[read], eager[read])
+    assert lists.known.nonzero().squeeze(1).tolist() == [3, 7]  # only the users read
+    top = lists.all()
+    assert top.shape == (g.data.n_users, 5) and torch.equal(top, eager)
     users = torch.tensor([0, 3, 7])
     batch_users, cand = g.distiller.sample(
         Batch(users, torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]), torch.arange(3)),
@@ -366,12 +371,31 @@ def test_teacher_top_lists_once_per_epoch(tiny_cfg, tmp_path):
     # per batch keeps no lists
     _, plain = switches(tiny_cfg, "denoise.kd.candidates=teacher", "denoise.kd.top_refresh=batch")
     plain.on_epoch(0)
-    assert plain.distiller.cached_top is None
+    assert plain.distiller.lists is None
     with pytest.raises(ValueError, match="kd.top_refresh"):
         KDConfig(top_refresh="weekly").check()
     m = run(tiny_cfg(*GUIDER_FAST, "denoise.kd.candidates=teacher", "denoise.kd.top_refresh=epoch",
                      "train.epochs=2"), tmp_path)
     assert m["status"] == "completed" and m["test"]["Recall@20"] > 0
+
+
+def test_teacher_top_lists_are_computed_for_the_distilled_users_only(tiny_cfg):
+    """A batch that distils kd.users=4 users scores the catalogue for those 4 users (their lists
+    then kept for the epoch), and each list is the one the whole snapshot gives."""
+    job, g = switches(tiny_cfg, "denoise.kd.users=4", "denoise.kd.top_k=5")
+    batch, _ = one_batch(job)
+    g.on_epoch(0)
+    g.teacher.eval()
+    with torch.no_grad():  # the snapshot the epoch's lists come from
+        u, i = g.teacher.final_embeddings()
+    g.step(batch)  # the teacher moves; the lists stay the snapshot's
+    job.model.train()
+    job.model.losses(batch)  # the student's forward, whose representations the KD reads
+    g.extra_loss(batch, job.model)
+    lists = g.distiller.lists
+    scored = lists.known.nonzero().squeeze(1)
+    assert len(scored) == 4 and set(scored.tolist()) <= set(batch.users.tolist())
+    assert torch.equal(lists.top[scored], (u[scored] @ i.t()).topk(5, dim=1).indices)
 
 
 def test_teacher_top_lists_every_kth_epoch(tiny_cfg, tmp_path):
@@ -382,21 +406,21 @@ def test_teacher_top_lists_every_kth_epoch(tiny_cfg, tmp_path):
     batch, _ = one_batch(job)
     computed = []
     for epoch in range(5):
-        before = g.distiller.cached_top
+        before = g.distiller.lists
         g.on_epoch(epoch)
-        computed.append(g.distiller.cached_top is not before)
+        computed.append(g.distiller.lists is not before)
         g.teacher.eval()
         with torch.no_grad():
             u, i = g.teacher.final_embeddings()
         fresh = (u @ i.t()).topk(5, dim=1).indices
         if epoch % 2 == 0:
-            assert torch.equal(g.distiller.cached_top, fresh)
+            assert torch.equal(g.distiller.lists.all(), fresh)
         g.step(batch)  # the teacher moves, so the next epoch's fresh lists would differ
     assert computed == [True, False, True, False, True]
-    assert "cached_top" in g.distiller.state_dict()
+    assert "lists" in g.distiller.state_dict()
     _, every = switches(tiny_cfg, "denoise.kd.top_k=5")
     every.on_epoch(0)
-    assert "cached_top" not in every.distiller.state_dict()  # top_every=1: nothing to keep
+    assert "lists" not in every.distiller.state_dict()  # top_every=1: nothing to keep
     with pytest.raises(ValueError, match="top_every"):
         KDConfig(top_every=0).check()
     # few candidates, so that the lists decide which items are distilled
@@ -468,10 +492,10 @@ def test_teacher_epochs_freezes_the_teacher_and_distils_from_its_final_represent
         u, i = g.teacher.final_embeddings()
     t_users, t_items = g.teacher_embeddings
     assert torch.equal(t_users, u) and torch.equal(t_items, i)
-    assert torch.equal(g.distiller.cached_top, (u @ i.t()).topk(5, dim=1).indices)
-    lists = g.distiller.cached_top
+    lists = g.distiller.lists
+    assert torch.equal(lists.all(), (u @ i.t()).topk(5, dim=1).indices)
     g.on_epoch(4)
-    assert g.distiller.cached_top is lists  # computed once, at the freeze
+    assert g.distiller.lists is lists  # one snapshot, taken at the freeze
     # the distillation's gradient reaches the student, from the frozen targets
     g.teacher_opt.zero_grad(set_to_none=True)  # what the teacher's last step left
     kd = g.extra_loss(batch, job.model)["kd"]

@@ -156,6 +156,42 @@ def top_items(users: torch.Tensor, items: torch.Tensor, k: int) -> torch.Tensor:
                       for s in range(0, users.shape[0], step)])
 
 
+class TopLists:
+    """The teacher's top ``k`` items of every user, from one snapshot of its representations,
+    computed on demand: a user's list the first time a batch distils that user, then kept until
+    the next snapshot. Every list is what ``top_items`` gives for the whole snapshot; only the
+    users a batch distils are ever scored (kd.users per batch), so a large user base pays for the
+    lists it reads, not for every user's at every refresh."""
+
+    def __init__(self, users: torch.Tensor, items: torch.Tensor, k: int):
+        self.users, self.items, self.k = users.detach(), items.detach(), k
+        self.top = torch.zeros(users.shape[0], k, dtype=torch.long)
+        self.known = torch.zeros(users.shape[0], dtype=torch.bool)
+
+    def __getitem__(self, users: torch.Tensor) -> torch.Tensor:
+        users = users.cpu()
+        missing = torch.unique(users[~self.known[users]])
+        if len(missing):
+            rows = missing.to(self.users.device)
+            self.top[missing] = top_items(self.users[rows], self.items, self.k).cpu()
+            self.known[missing] = True
+        return self.top[users]
+
+    def all(self) -> torch.Tensor:
+        """Every user's list (those not read yet are computed now)."""
+        return self[torch.arange(self.users.shape[0])]
+
+    def state_dict(self) -> dict:
+        return {"users": self.users, "items": self.items, "k": self.k, "top": self.top,
+                "known": self.known}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TopLists":
+        lists = cls(state["users"], state["items"], state["k"])
+        lists.top, lists.known = state["top"], state["known"]
+        return lists
+
+
 def step_bytes(cfg: KDConfig, n_items: int) -> int:
     """Memory of one distillation step: the candidates' cost matrix M and the Sinkhorn kernels
     K, K^T, K*M (candidates x candidates), about a dozen users x candidates rows (scores of
@@ -180,8 +216,9 @@ class Distiller:
         self.cfg = cfg
         self.n_items = n_items
         self.generator = torch.Generator().manual_seed(seed)
-        # kd.top_refresh=epoch: every user's top_k items by the teacher, set by GUIDER each epoch
-        self.cached_top: torch.Tensor | None = None
+        # kd.top_refresh=epoch: every user's top_k items by the teacher's snapshot, set by GUIDER
+        # each (kd.top_every-th) epoch, each list computed when a batch first distils its user
+        self.lists: TopLists | None = None
 
     def uses_epoch_top(self) -> bool:
         return (self.cfg.type != "none" and self.cfg.candidates == "teacher"
@@ -190,12 +227,12 @@ class Distiller:
     def lists_due(self, epoch: int) -> bool:
         """kd.top_refresh=epoch: whether the teacher's lists are computed at the start of
         ``epoch`` (every kd.top_every epochs, and whenever there are none yet)."""
-        return self.uses_epoch_top() and (self.cached_top is None
-                                          or epoch % self.cfg.top_every == 0)
+        return self.uses_epoch_top() and (self.lists is None or epoch % self.cfg.top_every == 0)
 
     def cache_teacher_top(self, users: torch.Tensor, items: torch.Tensor) -> None:
-        """Every user's top_k items by the scores users @ items^T."""
-        self.cached_top = top_items(users, items, min(self.cfg.top_k, self.n_items)).cpu()
+        """Every user's top_k items by the scores users @ items^T (this snapshot's), each
+        computed when first read."""
+        self.lists = TopLists(users, items, min(self.cfg.top_k, self.n_items))
 
     def weight(self, epoch: int) -> float:
         """gamma at ``epoch``: kd.weight, ramped linearly from 0 over kd.warmup_epochs."""
@@ -232,8 +269,8 @@ class Distiller:
         k = min(self.cfg.top_k, self.n_items)
 
         def teacher_top(users: torch.Tensor) -> torch.Tensor:
-            if self.cached_top is not None:  # kd.top_refresh=epoch (set by GUIDER's on_epoch)
-                return self.cached_top[users.cpu()]
+            if self.lists is not None:  # kd.top_refresh=epoch (set by GUIDER's on_epoch)
+                return self.lists[users]
             return top_items(teacher_users[users.to(teacher_users.device)], teacher_items, k)
 
         users, cand = self.sample(batch, teacher_top)
@@ -248,10 +285,15 @@ class Distiller:
 
     def state_dict(self) -> dict:
         state = {"generator": self.generator.get_state()}
-        if self.cfg.top_every > 1 and self.cached_top is not None:
-            state["cached_top"] = self.cached_top  # lists kept across epochs: exact resume
+        if self.cfg.top_every > 1 and self.lists is not None:
+            state["lists"] = self.lists.state_dict()  # lists kept across epochs: exact resume
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-        self.cached_top = state.get("cached_top")
+        lists = state.get("lists")
+        if lists is None and state.get("cached_top") is not None:  # checkpoints before TopLists
+            lists = {"users": torch.zeros(len(state["cached_top"]), 0), "items": torch.zeros(0, 0),
+                     "k": state["cached_top"].shape[1], "top": state["cached_top"],
+                     "known": torch.ones(len(state["cached_top"]), dtype=torch.bool)}
+        self.lists = None if lists is None else TopLists.from_state(lists)
