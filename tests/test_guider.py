@@ -811,6 +811,29 @@ def test_student_flags_are_the_students_lowest_scores_on_amscs_schedule(tiny_cfg
         switches(tiny_cfg, "denoise.dbpr.flags=student")
 
 
+def test_flags_that_weight_only_the_teachers_loss_stop_with_the_frozen_teacher(tiny_cfg):
+    """denoise.teacher_epochs=1 with the student's flags: from the freeze on, flags that weight
+    only the teacher's loss can change nothing, so they are not refreshed (the run's detection
+    reports those that acted); flags that also weight the student's loss keep being refreshed."""
+    def scores_by_epoch(*extra):
+        job, g = switches(tiny_cfg, "denoise.dbpr.enabled=true", "denoise.dbpr.flags=student",
+                          "denoise.amsc.rho_max=0.2", "denoise.teacher_epochs=1", *extra)
+        out = []
+        for epoch in range(4):
+            with torch.no_grad():
+                for p in job.model.parameters():  # the student moves between refreshes
+                    p.normal_()
+            g.on_epoch(epoch)
+            out.append(g.scores.clone())
+        assert g.frozen
+        return out
+
+    only_teacher = scores_by_epoch()  # epoch 0 the one refresh: frozen from epoch 1
+    assert all(torch.equal(later, only_teacher[0]) for later in only_teacher[1:])
+    student_too = scores_by_epoch("denoise.student_dbpr=true")  # a refresh at every epoch
+    assert all(not torch.equal(a, b) for a, b in zip(student_too, student_too[1:]))
+
+
 def test_oracle_flags_refuse_data_without_labels(tiny_cfg):
     from guider.denoise import build_denoiser
     from guider.pipeline import validate

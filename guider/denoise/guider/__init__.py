@@ -253,8 +253,10 @@ class Guider(Denoiser):
     def on_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.batch_in_epoch = 0
-        self.refresh(epoch)
-        if self.frozen or (self.cfg.teacher_epochs and epoch >= self.cfg.teacher_epochs):
+        frozen = self.frozen or bool(self.cfg.teacher_epochs and epoch >= self.cfg.teacher_epochs)
+        if not (frozen and self.flags_reach_teacher_only):
+            self.refresh(epoch)  # a frozen teacher's loss is gone: flags only it reads stay put
+        if frozen:
             self.freeze()
             return
         if self.graph_weighted and self.teacher_graph_omega is not self.omega:
@@ -308,6 +310,13 @@ class Guider(Denoiser):
             self.teacher_embeddings = None
             self.teacher_best = (best, None, bad)  # the teacher holds those weights now
         return {f"teacher_{metric}": value}
+
+    @property
+    def flags_reach_teacher_only(self) -> bool:
+        """omega weights the teacher's loss and nothing else (not the student's loss, not a
+        graph): once the teacher is frozen the flags can no longer change training, so they
+        are no longer refreshed, and the run's detection reports the flags that acted."""
+        return not self.cfg.student_dbpr and not self.graph_weighted
 
     @property
     def graph_weighted(self) -> bool:
