@@ -225,8 +225,8 @@ class Distiller:
                 and self.cfg.top_refresh == "epoch")
 
     def lists_due(self, epoch: int) -> bool:
-        """kd.top_refresh=epoch: whether the teacher's lists are computed at the start of
-        ``epoch`` (every kd.top_every epochs, and whenever there are none yet)."""
+        """kd.top_refresh=epoch: whether the teacher's snapshot for the lists is taken at the
+        start of ``epoch`` (every kd.top_every epochs, and whenever there is none yet)."""
         return self.uses_epoch_top() and (self.lists is None or epoch % self.cfg.top_every == 0)
 
     def cache_teacher_top(self, users: torch.Tensor, items: torch.Tensor) -> None:
