@@ -103,6 +103,12 @@ class GuiderConfig(DenoiseConfig):
         if not isinstance(self.teacher, BackboneConfig):
             self.teacher = validate_teacher(self.teacher)
 
+    @property
+    def flags_reach_teacher_only(self) -> bool:
+        """omega (when the flags are on) weights the teacher's loss and nothing else: not the
+        student's loss, not a graph."""
+        return not self.student_dbpr and not self.graph
+
     def check(self) -> None:
         """Value checks of every GUIDER key (the teacher's are checked by its own schema)."""
         self.amsc.check()
@@ -135,8 +141,7 @@ class GuiderConfig(DenoiseConfig):
                              f"{' or '.join(TEACHER_UPDATES)}")
         if not 0.0 <= self.teacher_ema < 1.0:
             raise ValueError(f"denoise.teacher_ema={self.teacher_ema}: must lie in [0, 1)")
-        if (self.teacher_update == "ema" and self.dbpr.enabled and not self.student_dbpr
-                and not self.graph):
+        if self.teacher_update == "ema" and self.dbpr.enabled and self.flags_reach_teacher_only:
             # the flags act through the teacher's loss, and a mean teacher has none
             raise ValueError("denoise.dbpr.enabled=true with denoise.teacher_update=ema: the "
                              "flags weight the teacher's loss, which a mean teacher does not "
@@ -254,8 +259,10 @@ class Guider(Denoiser):
         self.epoch = epoch
         self.batch_in_epoch = 0
         frozen = self.frozen or bool(self.cfg.teacher_epochs and epoch >= self.cfg.teacher_epochs)
-        if not (frozen and self.flags_reach_teacher_only):
-            self.refresh(epoch)  # a frozen teacher's loss is gone: flags only it reads stay put
+        # flags that weight only the teacher's loss can change nothing once it is frozen: they
+        # are no longer refreshed, and the run's detection reports the flags that acted
+        if not (frozen and self.cfg.flags_reach_teacher_only):
+            self.refresh(epoch)
         if frozen:
             self.freeze()
             return
@@ -310,13 +317,6 @@ class Guider(Denoiser):
             self.teacher_embeddings = None
             self.teacher_best = (best, None, bad)  # the teacher holds those weights now
         return {f"teacher_{metric}": value}
-
-    @property
-    def flags_reach_teacher_only(self) -> bool:
-        """omega weights the teacher's loss and nothing else (not the student's loss, not a
-        graph): once the teacher is frozen the flags can no longer change training, so they
-        are no longer refreshed, and the run's detection reports the flags that acted."""
-        return not self.cfg.student_dbpr and not self.graph_weighted
 
     @property
     def graph_weighted(self) -> bool:
