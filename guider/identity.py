@@ -51,7 +51,7 @@ GUIDER_NEUTRAL = {"denoise.graph": False, "denoise.amsc.conf_floor": 0.0,
                   "denoise.kd.top_every": 1,
                   "denoise.teacher.feature_precision": "float32", "denoise.teacher_every": 1,
                   "denoise.teacher_epochs": 0, "denoise.teacher_patience": 0,
-                  "denoise.teacher_min_epochs": 0,
+                  "denoise.teacher_min_epochs": 0, "denoise.teacher_valid_users": 0,
                   "denoise.dbpr.flags": "amsc", "denoise.teacher_update": "sync",
                   "denoise.dbpr.oracle_recall": 1.0, "denoise.dbpr.oracle_precision": 1.0}
 

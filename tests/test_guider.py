@@ -17,9 +17,11 @@ from guider.denoise.guider.amsc import (AMSC, AMSCConfig, capped_per_user, confi
 from guider.denoise.guider.distill import (Distiller, KDConfig, kl_loss, ot_loss, sinkhorn,
                                            transport_cost)
 from guider.denoise.base import weighted_mean
+from guider.evaluation import evaluate, sample_users
 from guider.evaluation.detection import detection_auc, detection_metrics
 from guider.pipeline import prepare, run
 from guider.reporting.cost import frozen_epoch
+from guider.training.loop import Trainer
 
 from .conftest import run_interrupted_then_resumed
 
@@ -567,6 +569,45 @@ def test_teacher_patience_freezes_the_teacher_at_its_best_validation(tiny_cfg, t
                    tmp_path / "defaults")
     assert never["test"] == defaults["test"]
     assert never["denoiser"]["teacher_frozen_epoch"] is None
+
+
+def test_teacher_valid_users_validates_the_teacher_on_a_fixed_sample_of_users(tiny_cfg, tmp_path):
+    """denoise.teacher_valid_users=N: the teacher's patience reads its metric over a fixed sample
+    of N valid users (the trainer's valid_metrics(scorer, users=N): the same users at every call,
+    drawn with eval.sample_seed), the student's validation keeps every user; 0 asks for every
+    user; N without teacher_patience is refused."""
+    job, g = switches(tiny_cfg, "denoise.teacher_patience=2", "denoise.teacher_valid_users=5")
+    asked = []
+
+    def validate(scorer, users=0):
+        asked.append(users)
+        return {"Recall@20": 0.1}
+
+    g.on_epoch(0)
+    assert g.on_validation(validate, "Recall@20") == {"teacher_Recall@20": 0.1}
+    assert asked == [5]
+    _, plain = switches(tiny_cfg, "denoise.teacher_patience=2")
+    plain.on_epoch(0)
+    plain.on_validation(validate, "Recall@20")
+    assert asked == [5, 0]
+    root = job.root
+    trainer = Trainer(job.model, g, job.data, root.train, root.eval, job.device, root.seed,
+                      tmp_path / "trainer")
+    valid = trainer.valid_set
+    assert len(valid.users) > 5
+    scorer = g.teacher.scorer()
+    chosen = sample_users([valid], 5, root.eval.sample_seed)
+    expected = evaluate(scorer, valid.restrict(chosen), root.eval.topk, root.eval.batch_users)
+    assert trainer.valid_metrics(scorer, users=5) == expected
+    assert torch.equal(trainer.valid_samples[5].users, torch.as_tensor(chosen))
+    assert trainer.valid_metrics(scorer, users=5) == expected  # the same sample at every call
+    assert trainer.valid_metrics(scorer) == evaluate(scorer, valid, root.eval.topk,
+                                                     root.eval.batch_users)
+    assert trainer.valid_metrics(scorer) != expected  # 5 users are not the whole set here
+    with pytest.raises(ValueError, match="teacher_valid_users"):
+        switches(tiny_cfg, "denoise.teacher_valid_users=-1")
+    with pytest.raises(ValueError, match="teacher_patience=P > 0"):
+        switches(tiny_cfg, "denoise.teacher_valid_users=5")
 
 
 def test_teacher_min_epochs_keeps_the_patience_from_counting_on_an_early_plateau(tiny_cfg):

@@ -73,10 +73,11 @@ class Denoiser:
     def step(self, batch: Batch) -> None:
         """Train the denoiser's own models on this batch (called before the backbone's step)."""
 
-    def on_validation(self, validate: Callable[[Callable], dict[str, float]],
+    def on_validation(self, validate: Callable[..., dict[str, float]],
                       metric: str) -> dict[str, float]:
         """Called after each of the student's validations with ``validate`` (a block scorer ->
-        the valid metrics, on the student's valid users) and the early-stopping metric's name;
+        the valid metrics, on the student's valid users; ``validate(scorer, users=N)``: on a fixed
+        sample of N of them) and the early-stopping metric's name;
         returns extra columns for that row of history.csv (e.g. the teacher's metric)."""
         return {}
 

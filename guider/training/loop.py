@@ -25,7 +25,7 @@ from ..backbones import Backbone
 from ..config import EvalConfig, TrainConfig
 from ..data import BPRSampler, Interactions
 from ..denoise import Denoiser, weighted_mean
-from ..evaluation import build_eval_sets, evaluate
+from ..evaluation import EvalSet, build_eval_sets, evaluate, sample_users
 from ..evaluation.detection import detection_trace
 from ..identity import comparable_fingerprint
 from ..optim import make_adam
@@ -132,6 +132,7 @@ class Trainer:
                                   train.batch_size, self.generator, device)
         self.optimizer = make_adam(model.parameters(), train.lr)
         self.valid_set, self.test_set, self.eval_sample = build_eval_sets(data, evalc)
+        self.valid_samples: dict[int, EvalSet] = {}  # valid_metrics(users=N)'s fixed samples
         self.state = TrainState()
         self.best = BestState()
         self.applied_weights: torch.Tensor | None = None  # the denoiser's graph weights held
@@ -245,10 +246,18 @@ class Trainer:
                      self.train.patience)
         write_history(self.run_dir, state.history)  # a long run can be watched as it goes
 
-    def valid_metrics(self, scorer: Callable) -> dict[str, float]:
-        """The valid metrics of a block scorer (the student's, or a denoiser's own model's)."""
+    def valid_metrics(self, scorer: Callable, users: int = 0) -> dict[str, float]:
+        """The valid metrics of a block scorer (the student's, or a denoiser's own model's), over
+        every valid user, or with ``users=N`` over a fixed sample of N of them (drawn once with
+        eval.sample_seed, the same users at every call: e.g. GUIDER's teacher_valid_users)."""
         evalc = self.evalc
-        return evaluate(scorer, self.valid_set, evalc.topk, evalc.batch_users, self.device)
+        valid = self.valid_set
+        if users > 0:
+            if users not in self.valid_samples:
+                chosen = sample_users([valid], users, evalc.sample_seed)
+                self.valid_samples[users] = valid.restrict(chosen)
+            valid = self.valid_samples[users]
+        return evaluate(scorer, valid, evalc.topk, evalc.batch_users, self.device)
 
     def keep_best(self, epoch: int) -> None:
         best = self.best

@@ -89,6 +89,10 @@ class GuiderConfig(DenoiseConfig):
     # weights but do not count against its patience (a teacher that stalls early, then climbs,
     # is not frozen on its plateau); the earliest freeze is after epoch M + P
     teacher_min_epochs: int = 0
+    # teacher_patience's validations on a fixed sample of N of the student's valid users (drawn
+    # with eval.sample_seed; the same users at every validation) instead of all of them: a cost
+    # lever for large catalogues (0: every valid user, the student's own validation set)
+    teacher_valid_users: int = 0
     student_dbpr: bool = False  # true: the student's main term is weighted by omega too
     # true: omega also weights the user-item graphs of the teacher and the student (edge values,
     # FREEDOM's pruning odds; Backbone.set_edge_weights), so flags reach the propagation
@@ -129,6 +133,13 @@ class GuiderConfig(DenoiseConfig):
             raise ValueError(f"denoise.teacher_min_epochs={self.teacher_min_epochs} is the floor "
                              f"of the teacher's patience, which is off: set "
                              f"denoise.teacher_patience=P > 0 or keep denoise.teacher_min_epochs=0")
+        if self.teacher_valid_users < 0:
+            raise ValueError(f"denoise.teacher_valid_users={self.teacher_valid_users}: must be >= "
+                             f"0 (0 = the teacher is validated on every valid user)")
+        if self.teacher_valid_users > 0 and self.teacher_patience <= 0:
+            raise ValueError(f"denoise.teacher_valid_users={self.teacher_valid_users} samples the "
+                             f"validations of the teacher's patience, which is off: set "
+                             f"denoise.teacher_patience=P > 0 or keep denoise.teacher_valid_users=0")
         for key in ("teacher_epochs", "teacher_patience"):
             if getattr(self, key) > 0 and self.teacher_update == "ema":
                 raise ValueError(f"denoise.{key} > 0 freezes an in-sync teacher; a mean teacher "
@@ -293,17 +304,21 @@ class Guider(Denoiser):
             if self.distiller.uses_epoch_top():
                 self.distiller.cache_teacher_top(*self.teacher_embeddings)
 
-    def on_validation(self, validate: Callable[[Callable], dict[str, float]],
+    def on_validation(self, validate: Callable[..., dict[str, float]],
                       metric: str) -> dict[str, float]:
         """teacher_patience: validate the teacher beside the student; after teacher_patience
         validations without a gain (counted after its first teacher_min_epochs epochs), restore its
         best weights and freeze it from the next epoch. The teacher's metric goes into history.csv
-        as teacher_<metric> until it freezes."""
+        as teacher_<metric> until it freezes (with teacher_valid_users=N, on that sample of the
+        valid users)."""
         if self.cfg.teacher_patience <= 0 or self.frozen:
             return {}
         was_training = self.teacher.training
         self.teacher.eval()
-        value = validate(self.teacher.scorer()).get(metric, -float("inf"))
+        sample = self.cfg.teacher_valid_users
+        metrics = (validate(self.teacher.scorer(), users=sample) if sample > 0
+                   else validate(self.teacher.scorer()))
+        value = metrics.get(metric, -float("inf"))
         self.teacher.train(was_training)
         best, weights, bad = self.teacher_best
         if value > best:
