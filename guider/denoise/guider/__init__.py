@@ -120,26 +120,19 @@ class GuiderConfig(DenoiseConfig):
         if self.teacher_every < 1:
             raise ValueError(f"denoise.teacher_every={self.teacher_every}: must be >= 1 (1 = the "
                              f"teacher steps on every batch)")
-        if self.teacher_epochs < 0:
-            raise ValueError(f"denoise.teacher_epochs={self.teacher_epochs}: must be >= 0 (0 = "
-                             f"the teacher trains at every epoch)")
-        if self.teacher_patience < 0:
-            raise ValueError(f"denoise.teacher_patience={self.teacher_patience}: must be >= 0 "
-                             f"(0 = the teacher is never stopped by its own validation)")
-        if self.teacher_min_epochs < 0:
-            raise ValueError(f"denoise.teacher_min_epochs={self.teacher_min_epochs}: must be >= 0 "
-                             f"(0 = the teacher's patience counts from its first validation)")
-        if self.teacher_min_epochs > 0 and self.teacher_patience <= 0:
-            raise ValueError(f"denoise.teacher_min_epochs={self.teacher_min_epochs} is the floor "
-                             f"of the teacher's patience, which is off: set "
-                             f"denoise.teacher_patience=P > 0 or keep denoise.teacher_min_epochs=0")
-        if self.teacher_valid_users < 0:
-            raise ValueError(f"denoise.teacher_valid_users={self.teacher_valid_users}: must be >= "
-                             f"0 (0 = the teacher is validated on every valid user)")
-        if self.teacher_valid_users > 0 and self.teacher_patience <= 0:
-            raise ValueError(f"denoise.teacher_valid_users={self.teacher_valid_users} samples the "
-                             f"validations of the teacher's patience, which is off: set "
-                             f"denoise.teacher_patience=P > 0 or keep denoise.teacher_valid_users=0")
+        for key, zero in (("teacher_epochs", "the teacher trains at every epoch"),
+                          ("teacher_patience", "the teacher is never stopped by its own validation"),
+                          ("teacher_min_epochs",
+                           "the teacher's patience counts from its first validation"),
+                          ("teacher_valid_users", "the teacher is validated on every valid user")):
+            if getattr(self, key) < 0:
+                raise ValueError(f"denoise.{key}={getattr(self, key)}: must be >= 0 (0 = {zero})")
+        for key, role in (("teacher_min_epochs", "is the floor of the teacher's patience"),
+                          ("teacher_valid_users",
+                           "samples the validations of the teacher's patience")):
+            if getattr(self, key) > 0 and self.teacher_patience <= 0:
+                raise ValueError(f"denoise.{key}={getattr(self, key)} {role}, which is off: set "
+                                 f"denoise.teacher_patience=P > 0 or keep denoise.{key}=0")
         for key in ("teacher_epochs", "teacher_patience"):
             if getattr(self, key) > 0 and self.teacher_update == "ema":
                 raise ValueError(f"denoise.{key} > 0 freezes an in-sync teacher; a mean teacher "
