@@ -523,7 +523,7 @@ def test_teacher_patience_freezes_the_teacher_at_its_best_validation(tiny_cfg, t
     values = iter([0.10, 0.30, 0.20, 0.25])
     seen = []
 
-    def validate(scorer):  # a hand-made validation curve: best at the second validation
+    def validate(scorer, users=0):  # a hand-made validation curve: best at the second validation
         seen.append({k: v.detach().clone() for k, v in g.teacher.state_dict().items()})
         return {"Recall@20": next(values)}
 
@@ -621,7 +621,7 @@ def test_teacher_min_epochs_keeps_the_patience_from_counting_on_an_early_plateau
         values = iter([0.30, 0.10, 0.20, 0.25, 0.28, 0.29, 0.29])
         seen = []
 
-        def validate(scorer):
+        def validate(scorer, users=0):
             seen.append({k: v.detach().clone() for k, v in g.teacher.state_dict().items()})
             return {"Recall@20": next(values)}
 

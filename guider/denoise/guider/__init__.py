@@ -308,10 +308,8 @@ class Guider(Denoiser):
             return {}
         was_training = self.teacher.training
         self.teacher.eval()
-        sample = self.cfg.teacher_valid_users
-        metrics = (validate(self.teacher.scorer(), users=sample) if sample > 0
-                   else validate(self.teacher.scorer()))
-        value = metrics.get(metric, -float("inf"))
+        value = validate(self.teacher.scorer(), users=self.cfg.teacher_valid_users).get(
+            metric, -float("inf"))
         self.teacher.train(was_training)
         best, weights, bad = self.teacher_best
         if value > best:
