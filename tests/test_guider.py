@@ -3,6 +3,8 @@ loop and every ablation switch."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import ot
 import pandas as pd
@@ -472,7 +474,7 @@ def test_teacher_every_steps_the_teacher_on_every_kth_batch_only(tiny_cfg, tmp_p
 
 
 def test_teacher_epochs_freezes_the_teacher_and_distils_from_its_final_representations(
-        tiny_cfg, tmp_path):
+        tiny_cfg, tmp_path, caplog):
     """denoise.teacher_epochs=2: the teacher steps in epochs 0 and 1; from epoch 2 on it no longer
     moves, every batch distils from its evaluation-mode representations computed at the freeze,
     its top lists are those representations' and are not recomputed; resume after the freeze is
@@ -486,9 +488,12 @@ def test_teacher_epochs_freezes_the_teacher_and_distils_from_its_final_represent
         g.step(batch)
         return any(not torch.equal(a, b) for a, b in zip(before, g.teacher.parameters()))
 
-    assert [moved(0), moved(1)] == [True, True]
-    assert [moved(2), moved(3)] == [False, False]
+    with caplog.at_level(logging.INFO, logger="guider"):
+        assert [moved(0), moved(1)] == [True, True]
+        assert [moved(2), moved(3)] == [False, False]
     assert g.summary()["teacher_frozen_epoch"] == 2
+    said = [r.getMessage() for r in caplog.records if "teacher is frozen" in r.getMessage()]
+    assert len(said) == 1 and "from epoch 2 on (teacher_epochs=2)" in said[0]  # once, with why
     g.teacher.eval()
     with torch.no_grad():
         u, i = g.teacher.final_embeddings()
@@ -512,7 +517,7 @@ def test_teacher_epochs_freezes_the_teacher_and_distils_from_its_final_represent
                                                      epochs=4, stop_epoch=2)
 
 
-def test_teacher_patience_freezes_the_teacher_at_its_best_validation(tiny_cfg, tmp_path):
+def test_teacher_patience_freezes_the_teacher_at_its_best_validation(tiny_cfg, tmp_path, caplog):
     """denoise.teacher_patience=2: the teacher is validated after each of the student's
     validations; after two without a gain it takes back the weights of its best one and is frozen
     from the next epoch (no step, distillation from those weights); its metric is a history
@@ -536,7 +541,12 @@ def test_teacher_patience_freezes_the_teacher_at_its_best_validation(tiny_cfg, t
     assert g.frozen  # two validations (0.20, 0.25) below the best (0.30)
     for key, value in g.teacher.state_dict().items():
         assert torch.equal(value, seen[1][key])  # the weights of the best validation
-    g.on_epoch(4)
+    with caplog.at_level(logging.INFO, logger="guider"):
+        g.on_epoch(4)
+        g.on_epoch(5)  # still frozen: said once
+    said = [r.getMessage() for r in caplog.records if "teacher is frozen" in r.getMessage()]
+    assert len(said) == 1 and "from epoch 4 on (teacher_patience=2: its best validation 0.30000" \
+        in said[0]
     before = [p.detach().clone() for p in g.teacher.parameters()]
     g.step(batch)
     assert all(torch.equal(a, b) for a, b in zip(before, g.teacher.parameters()))

@@ -13,6 +13,7 @@ student_dbpr, off by default) plus gamma * L_KD (``extra_loss``). See docs/guide
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ from ..base import DENOISERS, Denoiser, DenoiseConfig, weighted_mean
 from ..oracle import imperfect_flags, require_labels
 from .amsc import AMSC, AMSCConfig, rowwise_dot
 from .distill import Distiller, KDConfig
+
+log = logging.getLogger(__name__)
 
 
 def default_teacher() -> dict:
@@ -288,6 +291,11 @@ class Guider(Denoiser):
         fixed anyway)."""
         if self.frozen_at is None:
             self.frozen_at = self.epoch  # metrics.json's teacher_frozen_epoch: runs' cost
+            why = (f"teacher_patience={self.cfg.teacher_patience}: its best validation "
+                   f"{self.teacher_best[0]:.5f}, whose weights it holds" if self.frozen
+                   else f"teacher_epochs={self.cfg.teacher_epochs}")  # on_validation froze it
+            log.info("GUIDER: the teacher is frozen from epoch %d on (%s); it no longer trains, "
+                     "and the student distils from its fixed representations", self.epoch, why)
         if self.frozen and self.teacher_embeddings is not None:
             return
         self.frozen = True
