@@ -291,9 +291,10 @@ class Guider(Denoiser):
         fixed anyway)."""
         if self.frozen_at is None:
             self.frozen_at = self.epoch  # metrics.json's teacher_frozen_epoch: runs' cost
+            # already frozen here: on_validation froze it (teacher_patience); else teacher_epochs
             why = (f"teacher_patience={self.cfg.teacher_patience}: its best validation "
                    f"{self.teacher_best[0]:.5f}, whose weights it holds" if self.frozen
-                   else f"teacher_epochs={self.cfg.teacher_epochs}")  # on_validation froze it
+                   else f"teacher_epochs={self.cfg.teacher_epochs}")
             log.info("GUIDER: the teacher is frozen from epoch %d on (%s); it no longer trains, "
                      "and the student distils from its fixed representations", self.epoch, why)
         if self.frozen and self.teacher_embeddings is not None:
