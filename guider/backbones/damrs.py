@@ -127,49 +127,41 @@ class _SymmetricBernoulliKL(torch.autograd.Function):
     and clipping p is clipping its logit to +-PROB_LOGIT, so each entry is (sigmoid(a') -
     sigmoid(b'))(a' - b') with a', b' the clipped scores: no logarithm, finite at saturation, and
     the gradient (zero where a score is clipped, as for the clipped probability) is written out.
-    Computed ``rows`` users at a time and recomputed in the backward pass, so no [users, items]
-    matrix is held whole (the dense form's ~20 full-size temporaries cost seconds per MicroLens
-    batch)."""
+    Computed ``rows`` users at a time, the gradient in the same sweep as the value (the output
+    is a scalar, so the backward pass only scales it): no [users, items] matrix is held whole
+    (the dense form's ~20 full-size temporaries cost seconds per MicroLens batch)."""
 
     @staticmethod
     def forward(ctx, rows: int, users: torch.Tensor, behaviour: torch.Tensor,
                 content: torch.Tensor):
+        want_grad = any(ctx.needs_input_grad[1:])
         total = users.new_zeros(())
+        grads = (torch.empty_like(users), torch.zeros_like(behaviour), torch.zeros_like(content))
         for start in range(0, users.shape[0], rows):
             u = users[start:start + rows]
-            a = (u @ behaviour.t()).clamp_(-PROB_LOGIT, PROB_LOGIT)
-            b = (u @ content.t()).clamp_(-PROB_LOGIT, PROB_LOGIT)
-            total += ((torch.sigmoid(a) - torch.sigmoid(b)) * (a - b)).sum()
-        ctx.rows = rows
-        ctx.save_for_backward(users, behaviour, content)
+            a, b = u @ behaviour.t(), u @ content.t()
+            if want_grad:
+                inside_a = (a >= -PROB_LOGIT) & (a <= PROB_LOGIT)
+                inside_b = (b >= -PROB_LOGIT) & (b <= PROB_LOGIT)
+            a.clamp_(-PROB_LOGIT, PROB_LOGIT)
+            b.clamp_(-PROB_LOGIT, PROB_LOGIT)
+            sa, sb = torch.sigmoid(a), torch.sigmoid(b)
+            gap, diff = a.sub_(b), sa - sb
+            total += (diff * gap).sum()
+            if want_grad:
+                # d/da = sigma'(a)(a - b) + (sigma(a) - sigma(b)); d/db = -sigma'(b)(a - b) - (...)
+                ga = (sa - sa.square()).mul_(gap).add_(diff).mul_(inside_a)
+                gb = (sb - sb.square()).mul_(gap).add_(diff).mul_(inside_b).neg_()
+                grads[0][start:start + rows] = ga @ behaviour + gb @ content
+                grads[1].addmm_(ga.t(), u)
+                grads[2].addmm_(gb.t(), u)
+        if want_grad:
+            ctx.save_for_backward(*grads)
         return total
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
-        users, behaviour, content = ctx.saved_tensors
-        grad_u = torch.empty_like(users)
-        grad_b, grad_c = torch.zeros_like(behaviour), torch.zeros_like(content)
-        for start in range(0, users.shape[0], ctx.rows):
-            u = users[start:start + ctx.rows]
-            a, b = u @ behaviour.t(), u @ content.t()
-            inside_a = (a >= -PROB_LOGIT) & (a <= PROB_LOGIT)
-            inside_b = (b >= -PROB_LOGIT) & (b <= PROB_LOGIT)
-            a.clamp_(-PROB_LOGIT, PROB_LOGIT)
-            b.clamp_(-PROB_LOGIT, PROB_LOGIT)
-            sa, sb = torch.sigmoid(a), torch.sigmoid(b)
-            gap, diff = a - b, sa - sb
-            # d/da = sigma'(a)(a - b) + (sigma(a) - sigma(b)); d/db = -sigma'(b)(a - b) - (...)
-            ga = (sa * (1 - sa) * gap + diff) * inside_a * grad_total
-            gb = -(sb * (1 - sb) * gap + diff) * inside_b * grad_total
-            grad_u[start:start + ctx.rows] = ga @ behaviour + gb @ content
-            grad_b.addmm_(ga.t(), u)
-            grad_c.addmm_(gb.t(), u)
-        return None, grad_u, grad_b, grad_c
-
-
-def bernoulli_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Element-wise KL(Bernoulli(p) || Bernoulli(q))."""
-    return p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
+        return (None, *(g * grad_total for g in ctx.saved_tensors))
 
 
 def alignment_kl(users: torch.Tensor, behaviour: torch.Tensor, content: torch.Tensor,
@@ -184,63 +176,66 @@ def alignment_kl(users: torch.Tensor, behaviour: torch.Tensor, content: torch.Te
     return total / (users.shape[0] * behaviour.shape[0])
 
 
-class _NeighbourSums(torch.autograd.Function):
-    """Per view v and batch row r, the three sums of the neighbour discrimination over the
-    catalogue: E = sum_j e_rj, M = sum_{j in mm_r} e_rj and S = sum_{j in single_r} e_rj, with
-    e_rj = exp(cos(item_r, j) / T) in view v and the pseudo-positive sets chosen without gradient
-    (``neighbour_discrimination``). Computed ``rows`` batch rows at a time and recomputed in the
-    backward pass, so no [batch, catalogue] matrix is ever held whole: the dense form made ~8
-    full-size temporaries per view, and on the CPU their memory traffic cost ~10x the matrix
-    products (MicroLens, 7,000 items x 19,220: 12 s per batch). Output [V, B, 3]."""
+class _NeighbourLoss(torch.autograd.Function):
+    """The neighbour discrimination (``neighbour_discrimination``) of the batch rows ``queries``
+    (one [B, d] tensor per view, unit rows) against the catalogues (one [n, d] per view, unit
+    rows): per view v and row r, with e_rj = exp(cos(r, j) / T) and the pseudo-positive sets
+    chosen without gradient, E = sum_j e_rj, M = sum over the multi-view set, S = sum over the
+    single-view set, and the loss -log(M / E) - log(S / (E - M)), averaged over rows and views.
+    Computed ``rows`` batch rows at a time, the gradient in the same sweep as the value (the
+    output is a scalar, so the backward pass only scales it): no [batch, catalogue] matrix is
+    held whole. The dense form made ~8 full-size temporaries per view, and on the CPU their
+    memory traffic cost ~10x the matrix products (MicroLens, 7,000 items x 19,220: 12 s a
+    batch)."""
 
     @staticmethod
     def forward(ctx, k: int, temperature: float, rows: int, *tensors: torch.Tensor):
         n_views = len(tensors) // 2
         queries, catalogues = tensors[:n_views], tensors[n_views:]
+        want_grad = any(ctx.needs_input_grad[3:])
         n_rows = queries[0].shape[0]
-        sums = queries[0].new_zeros(n_views, n_rows, 3)
-        chosen = torch.empty(n_views, n_rows, 2 * k, dtype=torch.long, device=queries[0].device)
+        scale = 1.0 / (n_views * n_rows)  # the mean over rows and views
+        total = queries[0].new_zeros(())
+        grad_q = [torch.empty_like(q) for q in queries]
+        grad_c = [torch.zeros_like(c) for c in catalogues]
         for start in range(0, n_rows, rows):
             stop = min(start + rows, n_rows)
             sims = [q[start:stop] @ c.t() for q, c in zip(queries, catalogues)]
             probs = [torch.softmax(s, dim=1) for s in sims]
-            total = probs[0].clone()
+            together = probs[0].clone()
             for p in probs[1:]:
-                total += p
+                together += p
             for v, (s, prob) in enumerate(zip(sims, probs)):
-                mm_idx = (total + prob).topk(k, dim=1).indices
+                mm_idx = (together + prob).topk(k, dim=1).indices
                 single_idx = prob.scatter_(1, mm_idx, 0.0).topk(k, dim=1).indices
+                idx = torch.cat([mm_idx, single_idx], dim=1)
                 e = s.div_(temperature).exp_()
-                sums[v, start:stop, 0] = e.sum(1)
-                sums[v, start:stop, 1] = e.gather(1, mm_idx).sum(1)
-                sums[v, start:stop, 2] = e.gather(1, single_idx).sum(1)
-                chosen[v, start:stop, :k] = mm_idx
-                chosen[v, start:stop, k:] = single_idx
-        ctx.k, ctx.temperature, ctx.rows = k, temperature, rows
-        ctx.save_for_backward(chosen, *tensors)
-        return sums
+                picked = e.gather(1, idx)
+                everything, mm, single = e.sum(1), picked[:, :k].sum(1), picked[:, k:].sum(1)
+                rest = (everything - mm).clamp(min=LOG_EPS)
+                ratio_m, ratio_s = mm / everything + LOG_EPS, single / rest + LOG_EPS
+                loss = -(ratio_m.log() + ratio_s.log()).sum()
+                total += loss
+                if not want_grad:
+                    continue
+                # d loss / d (E, M, S) per row; the clip of E - M passes no gradient below LOG_EPS
+                c = single / (rest.square() * ratio_s) * (everything - mm >= LOG_EPS)
+                g_e = mm / (everything.square() * ratio_m) + c
+                g_m = -1.0 / (everything * ratio_m) - c
+                g_s = -1.0 / (rest * ratio_s)
+                # d/ds_rj = (g_E + g_M [j in mm] + g_S [j in single]) e_rj / T, times the mean
+                extra = torch.cat([g_m[:, None].expand(-1, k), g_s[:, None].expand(-1, k)], 1)
+                grad_s = e.mul_(g_e[:, None]).scatter_add_(1, idx, picked.mul_(extra))
+                grad_s.mul_(scale / temperature)
+                grad_q[v][start:stop] = grad_s @ catalogues[v]
+                grad_c[v].addmm_(grad_s.t(), queries[v][start:stop])
+        if want_grad:
+            ctx.save_for_backward(*grad_q, *grad_c)
+        return total * scale
 
     @staticmethod
-    def backward(ctx, grad_sums: torch.Tensor):
-        chosen, *tensors = ctx.saved_tensors
-        n_views = len(tensors) // 2
-        queries, catalogues = tensors[:n_views], tensors[n_views:]
-        k, temperature, rows = ctx.k, ctx.temperature, ctx.rows
-        grad_q = [torch.zeros_like(q) for q in queries]
-        grad_c = [torch.zeros_like(c) for c in catalogues]
-        n_rows = queries[0].shape[0]
-        for v, (q, c) in enumerate(zip(queries, catalogues)):
-            for start in range(0, n_rows, rows):
-                stop = min(start + rows, n_rows)
-                g = grad_sums[v, start:stop]  # [R, 3]: d loss / d (E, M, S)
-                e = (q[start:stop] @ c.t()).div_(temperature).exp_()
-                idx = chosen[v, start:stop]
-                extra = torch.cat([g[:, 1:2].expand(-1, k), g[:, 2:3].expand(-1, k)], dim=1)
-                picked = e.gather(1, idx).mul_(extra)
-                grad_s = e.mul_(g[:, 0:1]).scatter_add_(1, idx, picked).div_(temperature)
-                grad_q[v][start:stop] = grad_s @ c
-                grad_c[v].addmm_(grad_s.t(), q[start:stop])
-        return (None, None, None, *grad_q, *grad_c)
+    def backward(ctx, grad_total: torch.Tensor):
+        return (None, None, None, *(g * grad_total for g in ctx.saved_tensors))
 
 
 def neighbour_discrimination(views: list[torch.Tensor], items: torch.Tensor, n_pseudo: int,
@@ -253,11 +248,7 @@ def neighbour_discrimination(views: list[torch.Tensor], items: torch.Tensor, n_p
     rows = rows or max(1, NEIGHBOUR_BLOCK // n)
     normed = [F.normalize(h, dim=-1) for h in views]
     queries = [take(hn, items) for hn in normed]
-    sums = _NeighbourSums.apply(k, temperature, rows, *queries, *normed)
-    everything, mm, single = sums.unbind(-1)  # [V, B] each
-    rest = (everything - mm).clamp(min=LOG_EPS)
-    loss = -torch.log(mm / everything + LOG_EPS) - torch.log(single / rest + LOG_EPS)
-    return loss.mean(1).mean()
+    return _NeighbourLoss.apply(k, temperature, rows, *queries, *normed)
 
 
 @BACKBONES.register("damrs", DAMRSConfig)
