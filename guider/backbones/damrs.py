@@ -29,7 +29,9 @@ Aligning Multi-modal Content and User Feedback") on LightGCN, the authors' main 
   highest summed softmax-similarity over all views (the view itself counted twice) and the next
   ``n_pseudo`` of the view alone; an InfoNCE-style loss at ``temperature`` pulls both sets
   towards the item against the whole catalogue (the second against the catalogue minus the
-  first), averaged over views.
+  first), averaged over views. Both terms are computed a block of rows at a time with their
+  gradients written out (``_SymmetricBernoulliKL``, ``_NeighbourLoss``): the same values and
+  gradients as the dense definitions, without holding a [batch, catalogue] matrix.
 
 Departures from the authors' code: any number of modalities (their code is written for image +
 text, TikTok's image + audio and MicroLens's text alone work here); the consistency masks use the
