@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guider.backbones.damrs import (DAMRS, DAMRSConfig, alignment_kl, bernoulli_kl,
-                                    feedback_weights, neighbour_discrimination)
+from guider.backbones.damrs import (DAMRS, DAMRSConfig, alignment_kl, feedback_weights,
+                                    neighbour_discrimination)
 from guider.data import Interactions, Split
 from guider.graphs import consistent_knn_graphs, cooccurrence_graph, mean_cosine
 from guider.pipeline import run
@@ -23,6 +23,11 @@ from .conftest import run_interrupted_then_resumed
 from .helpers import ONE_MODALITY, THREE_MODALITIES, tiny_data
 
 NOISY = ("backbone=damrs", "noise=random", "noise.ratio=0.2", "train.lr=0.01")
+
+
+def bernoulli_kl(p, q):
+    """Element-wise KL(Bernoulli(p) || Bernoulli(q)): the alignment term's definition."""
+    return p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
 
 
 def unit(*rows):

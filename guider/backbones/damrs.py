@@ -64,7 +64,7 @@ from .losses import l2_reg
 PROB_EPS = 1e-6
 LOG_EPS = 1e-9
 SCORE_BLOCK = 65536  # training interactions scored at once by noise_scores
-NEIGHBOUR_BLOCK = 1 << 20  # scores per block of the alignment and neighbour terms
+TERM_BLOCK = 1 << 20  # scores per block of the alignment and neighbour terms
 
 
 @dataclass
@@ -114,11 +114,6 @@ def feedback_weights(u: torch.Tensor, pos_views: list[torch.Tensor],
         return w_pos, w_neg
 
 
-def bernoulli_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Element-wise KL(Bernoulli(p) || Bernoulli(q))."""
-    return p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
-
-
 PROB_LOGIT = math.log((1 - PROB_EPS) / PROB_EPS)  # the clip of the probabilities, as logits
 
 
@@ -138,7 +133,9 @@ class _SymmetricBernoulliKL(torch.autograd.Function):
                 content: torch.Tensor):
         want_grad = any(ctx.needs_input_grad[1:])
         total = users.new_zeros(())
-        grads = (torch.empty_like(users), torch.zeros_like(behaviour), torch.zeros_like(content))
+        if want_grad:
+            grads = (torch.empty_like(users), torch.zeros_like(behaviour),
+                     torch.zeros_like(content))
         for start in range(0, users.shape[0], rows):
             u = users[start:start + rows]
             a, b = u @ behaviour.t(), u @ content.t()
@@ -169,10 +166,10 @@ class _SymmetricBernoulliKL(torch.autograd.Function):
 def alignment_kl(users: torch.Tensor, behaviour: torch.Tensor, content: torch.Tensor,
                  rows: int | None = None) -> torch.Tensor:
     """Mean symmetric KL between sigmoid(u . b_i/|b_i|) and sigmoid(u . c_i/|c_i|) over every
-    (user, item) of the given rows, the probabilities clipped to [PROB_EPS, 1 - PROB_EPS] (equal
-    to ``bernoulli_kl(p, q) + bernoulli_kl(q, p)`` on them, computed without forming the
-    matrix: ``_SymmetricBernoulliKL``). ``rows``: users at once (speed and memory only)."""
-    rows = rows or max(1, NEIGHBOUR_BLOCK // max(1, behaviour.shape[0]))
+    (user, item) of the given rows, the probabilities clipped to [PROB_EPS, 1 - PROB_EPS],
+    computed without forming the matrix (``_SymmetricBernoulliKL``). ``rows``: users at once
+    (speed and memory only)."""
+    rows = rows or max(1, TERM_BLOCK // max(1, behaviour.shape[0]))
     total = _SymmetricBernoulliKL.apply(rows, users, F.normalize(behaviour, dim=-1),
                                         F.normalize(content, dim=-1))
     return total / (users.shape[0] * behaviour.shape[0])
@@ -198,8 +195,9 @@ class _NeighbourLoss(torch.autograd.Function):
         n_rows = queries[0].shape[0]
         scale = 1.0 / (n_views * n_rows)  # the mean over rows and views
         total = queries[0].new_zeros(())
-        grad_q = [torch.empty_like(q) for q in queries]
-        grad_c = [torch.zeros_like(c) for c in catalogues]
+        if want_grad:
+            grad_q = [torch.empty_like(q) for q in queries]
+            grad_c = [torch.zeros_like(c) for c in catalogues]
         for start in range(0, n_rows, rows):
             stop = min(start + rows, n_rows)
             sims = [q[start:stop] @ c.t() for q, c in zip(queries, catalogues)]
@@ -244,10 +242,10 @@ def neighbour_discrimination(views: list[torch.Tensor], items: torch.Tensor, n_p
                              temperature: float, rows: int | None = None) -> torch.Tensor:
     """DA-MRS's neighbour discrimination of the batch's ``items`` (module docstring), averaged
     over the views. ``rows``: batch items scored against the catalogue at once (memory and speed
-    only; by default about NEIGHBOUR_BLOCK similarities)."""
+    only; by default about TERM_BLOCK similarities)."""
     n = views[0].shape[0]
     k = max(1, min(n_pseudo, n // 2))
-    rows = rows or max(1, NEIGHBOUR_BLOCK // n)
+    rows = rows or max(1, TERM_BLOCK // n)
     normed = [F.normalize(h, dim=-1) for h in views]
     queries = [take(hn, items) for hn in normed]
     return _NeighbourLoss.apply(k, temperature, rows, *queries, *normed)
