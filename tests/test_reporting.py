@@ -883,6 +883,26 @@ def test_detection_over_training_hand_worked(tmp_path):
     assert not (root / "figures" / "detection_over_training.png").exists()
 
 
+def test_detection_figure_keeps_a_configuration_in_one_colour(tmp_path, monkeypatch):
+    """A run without flags traces only its AUC; the configurations after it keep their colour in
+    the precision panel instead of taking the one the colour cycle would hand out next."""
+    from guider.reporting import curves as curves_module
+    rows = [{"denoise": d, "metric": m, "epoch": e, "runs": 1, "mean": 0.5, "se": 0.0}
+            for d, metrics in (("damrs", ["detect_auc"]),
+                               ("guider", ["detect_auc", "detect_precision"]),
+                               ("tce", ["detect_auc", "detect_precision"]))
+            for m in metrics for e in (0, 1)]
+    saved = {}
+    monkeypatch.setattr(curves_module.figures, "save",
+                        lambda fig, path: saved.setdefault("fig", fig) and path)
+    curves_module.write_detection_figure(pd.DataFrame(rows), ["denoise"], tmp_path)
+    panels = saved["fig"].axes
+    colours = [{line.get_label(): line.get_color() for line in ax.get_lines()} for ax in panels]
+    assert set(colours[0]) == {"damrs", "guider", "tce"} and set(colours[1]) == {"guider", "tce"}
+    assert colours[1] == {k: colours[0][k] for k in ("guider", "tce")}
+    assert len(set(colours[0].values())) == 3
+
+
 def test_a_configuration_as_the_reference_hand_worked(tmp_path, capsys):
     """--reference 'guider denoise.amsc.rho_max=0.1': a lever against the setting it would
     replace, seed by seed. The flags at rho 0.2 (0.28, 0.30) against those at 0.1 (0.25, 0.26):

@@ -169,20 +169,23 @@ def detection_curves(runs: pd.DataFrame, varying: list[str], root: Path) -> pd.D
 
 def write_detection_figure(curves: pd.DataFrame, keys: list[str], out_dir: Path,
                            context: str = "") -> Path:
-    """One panel per detection number, one line per configuration (mean ± s.e. over seeds)."""
+    """One panel per detection number, one line per configuration (mean ± s.e. over seeds), a
+    configuration in the same colour in every panel (a run without flags has no precision or
+    recall line, and the colour cycle alone would shift the others to its colour)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     present = [(c, name) for c, name in DETECTION_TRACE if c in set(curves["metric"])]
     fig, axes = figures.new_axes(width=4.2 * len(present), ncols=len(present))
     axes = list(axes) if len(present) > 1 else [axes]
     keys = [k for k in keys if k in curves]
     data = curves.assign(__series=[label(r, keys) for _, r in curves.iterrows()])
+    colours = {s: f"C{i % 10}" for i, s in enumerate(sorted(set(data["__series"])))}
     for ax, (column, name) in zip(axes, present):
         for series, part in data[data["metric"] == column].groupby("__series", sort=True):
             x = part["epoch"].to_numpy(float)
             y = part["mean"].to_numpy(float)
             se = part["se"].fillna(0.0).to_numpy(float)
-            line, = ax.plot(x, y, marker=".", markersize=3, label=series)
-            ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.2)
+            ax.plot(x, y, marker=".", markersize=3, label=series, color=colours[series])
+            ax.fill_between(x, y - se, y + se, color=colours[series], alpha=0.2)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
